@@ -1,0 +1,5 @@
+//! Placeholder.
+use std::ffi::OsString;
+use super::{Classification, NotCacheable};
+/// Placeholder.
+pub fn parse(_args: &[OsString]) -> Classification { Classification::NotCacheable(NotCacheable::Linking) }

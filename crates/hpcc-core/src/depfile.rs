@@ -1,0 +1,1 @@
+//! Make dependency files. Placeholder until the parser and renderers land.

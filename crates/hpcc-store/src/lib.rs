@@ -1,0 +1,2 @@
+//! Cache storage for hpcc. Placeholder.
+pub mod disk;
