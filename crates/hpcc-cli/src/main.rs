@@ -1,2 +1,199 @@
-//! Placeholder.
-fn main() {}
+//! `hpcc`: a compiler cache.
+//!
+//! Invoked as `hpcc <compiler> <args...>`, or through a symlink named like a compiler (`gcc`,
+//! `clang++`, ...), it serves the compile from the cache or runs the real compiler and stores the
+//! result. Invoked as `hpcc <command>`, it manages the cache (`stats`, `config`, `clean`,
+//! `wrap`).
+//!
+//! The rule that shapes this file: the build never fails because of hpcc. Every fault on the
+//! way to a cached result (bad config, unreadable cache, a store error) ends in running the real
+//! compiler untouched, via `exec`, so its exit code, stdout, stderr and files are its own.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod cache;
+mod commands;
+mod deps;
+mod find;
+mod identity;
+mod includes;
+mod settings;
+mod stats;
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::sync::Mutex;
+
+use hpcc_core::args::{self, Classification};
+use hpcc_store::{DiskConfig, DiskStore};
+
+/// Error kinds noticed during this run, added to the stats at the end.
+static ERRORS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+/// Notes an internal error of `kind` for the stats (`errors.<kind>`).
+pub fn record_error(kind: &'static str) {
+    if let Ok(mut errors) = ERRORS.lock() {
+        errors.push(kind);
+    }
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os("HPCC_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("HPCC_LOG"))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    if argv.is_empty() {
+        eprintln!("hpcc: started without argv[0]");
+        return ExitCode::from(2);
+    }
+    let invoked_as = Path::new(&argv[0])
+        .file_name()
+        .map(OsStr::to_owned)
+        .unwrap_or_default();
+    let invoked_as_hpcc = invoked_as.to_string_lossy().starts_with("hpcc");
+    if !invoked_as_hpcc {
+        // Masquerade: this binary is called `gcc` (or similar); the real one is on PATH.
+        let args = argv.split_off(1);
+        return compile(&invoked_as, args);
+    }
+    let Some(first) = argv.get(1).cloned() else {
+        commands::usage();
+        return ExitCode::from(2);
+    };
+    if let Some(code) = commands::dispatch(&first, &argv[2..]) {
+        return code;
+    }
+    let args = argv.split_off(2);
+    compile(&first, args)
+}
+
+/// Runs one compiler invocation through the cache.
+fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
+    let compiler = match find::real_compiler(program, None) {
+        Ok(compiler) => compiler,
+        Err(error) => {
+            eprintln!("hpcc: {error:#}");
+            return ExitCode::from(127);
+        }
+    };
+    let settings = match settings::Settings::load() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("hpcc: {error:#}; compiling without the cache");
+            return exec(&compiler, &args);
+        }
+    };
+    if settings.config.disable {
+        return exec(&compiler, &args);
+    }
+    let count = |counts: &[(&str, u64)]| {
+        if settings.config.stats {
+            let mut all: Vec<(&str, u64)> = counts.to_vec();
+            let errors = ERRORS.lock().map(|e| e.clone()).unwrap_or_default();
+            let names: Vec<String> = errors
+                .iter()
+                .map(|kind| format!("{}.{kind}", stats::names::ERRORS))
+                .collect();
+            all.extend(names.iter().map(|name| (name.as_str(), 1)));
+            if let Err(error) = stats::add(&settings.cache_dir, &all) {
+                tracing::debug!("cannot record stats: {error:#}");
+            }
+        }
+    };
+    let uncacheable = |reason: &str| format!("{}.{reason}", stats::names::UNCACHEABLE);
+    let Some(kind) = hpcc_core::compiler::detect(&compiler)
+        .or_else(|| hpcc_core::compiler::detect(Path::new(program)))
+    else {
+        count(&[(&uncacheable("unknown_compiler"), 1)]);
+        return exec(&compiler, &args);
+    };
+    let invocation = match args::classify(kind.family, &args) {
+        Classification::Compile(invocation) => invocation,
+        Classification::NotCacheable(reason) => {
+            tracing::debug!("not cacheable: {reason}");
+            count(&[(&uncacheable(reason.as_str()), 1)]);
+            return exec(&compiler, &args);
+        }
+    };
+    if let Some(variable) = cache::UNCACHEABLE_ENVIRONMENT
+        .iter()
+        .find(|name| std::env::var_os(name).is_some())
+    {
+        tracing::debug!("not cacheable: {variable} is set");
+        count(&[(&uncacheable("environment"), 1)]);
+        return exec(&compiler, &args);
+    }
+    let cwd = match std::env::current_dir() {
+        Ok(cwd) => cwd,
+        Err(_) => return exec(&compiler, &args),
+    };
+    let store = match DiskStore::open(
+        &settings.cache_dir,
+        DiskConfig {
+            max_size: settings.config.max_size.0,
+            compression_level: settings
+                .config
+                .compression
+                .then_some(settings.config.compression_level),
+        },
+    ) {
+        Ok(store) => store,
+        Err(error) => {
+            tracing::warn!("cache unavailable: {error:#}");
+            record_error("open");
+            count(&[]);
+            return exec(&compiler, &args);
+        }
+    };
+    let job = cache::Job {
+        compiler: &compiler,
+        invocation: &invocation,
+        config: &settings.config,
+        cache_dir: &settings.cache_dir,
+        store: &store,
+        cwd,
+    };
+    match job.run() {
+        Ok(cache::Outcome::DirectHit) => {
+            count(&[(stats::names::DIRECT_HIT, 1)]);
+            ExitCode::SUCCESS
+        }
+        Ok(cache::Outcome::PreprocessorHit) => {
+            count(&[(stats::names::PREPROCESSOR_HIT, 1)]);
+            ExitCode::SUCCESS
+        }
+        Ok(cache::Outcome::Miss {
+            exit,
+            not_stored,
+            corrupt,
+        }) => {
+            let reason = not_stored.map(|reason| uncacheable(reason.as_str()));
+            let mut counts = vec![(stats::names::MISS, 1)];
+            if let Some(reason) = &reason {
+                counts = vec![(reason.as_str(), 1)];
+            }
+            if corrupt {
+                counts.push((stats::names::CORRUPT, 1));
+            }
+            count(&counts);
+            ExitCode::from(u8::try_from(exit & 0xff).unwrap_or(1))
+        }
+        Err(error) => {
+            tracing::warn!("cache failed, running the compiler: {error:#}");
+            record_error("cache");
+            count(&[]);
+            exec(&compiler, &args)
+        }
+    }
+}
+
+/// Replaces this process with the real compiler.
+fn exec(compiler: &Path, args: &[OsString]) -> ExitCode {
+    let error = Command::new(compiler).args(args).exec();
+    eprintln!("hpcc: cannot run {}: {error}", compiler.display());
+    ExitCode::from(127)
+}

@@ -1,1 +1,342 @@
-//! Placeholder.
+//! Configuration: the TOML file's types and the pure merge of `HPCC_*` environment overrides.
+//!
+//! Every key of [`Config`] can be set in the file or by an environment variable named
+//! `HPCC_<KEY>` in upper case (`cache_dir` → `HPCC_CACHE_DIR`). Unknown keys in the file and
+//! unknown `HPCC_*` variables are errors that name the key: a typo must not silently leave a
+//! setting at its default.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Environment variables that start with `HPCC_` but are not config keys.
+pub const NON_KEY_VARIABLES: &[&str] = &["HPCC_CONFIG", "HPCC_LOG"];
+
+/// How keys are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Key from source, arguments and compiler; a manifest lists the headers and their digests.
+    #[default]
+    Direct,
+    /// Key from the preprocessed output; the preprocessor runs on every lookup.
+    Preprocessor,
+}
+
+/// A byte count written as `1048576`, `"512M"`, `"5G"` or `"5GiB"` (binary units).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<ByteSize, ConfigError> {
+        let trimmed = text.trim();
+        let split = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let (digits, unit) = trimmed.split_at(split);
+        let invalid = || ConfigError::InvalidValue {
+            key: "max_size".into(),
+            value: text.into(),
+            expected: "a byte count such as 500M, 5G or 1073741824",
+        };
+        let number: u64 = digits.parse().map_err(|_| invalid())?;
+        let shift = match unit.trim().to_ascii_uppercase().as_str() {
+            "" | "B" => 0,
+            "K" | "KB" | "KIB" => 10,
+            "M" | "MB" | "MIB" => 20,
+            "G" | "GB" | "GIB" => 30,
+            "T" | "TB" | "TIB" => 40,
+            _ => return Err(invalid()),
+        };
+        number
+            .checked_mul(1u64 << shift)
+            .map(ByteSize)
+            .ok_or_else(invalid)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u32); 4] = [("T", 40), ("G", 30), ("M", 20), ("K", 10)];
+        for (unit, shift) in UNITS {
+            let size = 1u64 << shift;
+            if self.0 >= size && self.0 % size == 0 {
+                return write!(f, "{}{unit}", self.0 / size);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(number) => Ok(ByteSize(number)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// hpcc's settings. `Default` gives the values used when neither file nor environment says
+/// anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The local cache directory. `None` means the platform cache dir (`~/.cache/hpcc`).
+    pub cache_dir: Option<PathBuf>,
+    /// The local cache's size limit; least recently used entries are evicted beyond it.
+    pub max_size: ByteSize,
+    /// Compress cache entries with zstd.
+    pub compression: bool,
+    /// The zstd level when compressing.
+    pub compression_level: i32,
+    /// Direct (manifest) or preprocessor mode.
+    pub mode: Mode,
+    /// Run every compile without the cache (still counted in stats).
+    pub disable: bool,
+    /// Inside a project (a `.hpcc` marker above the source), inject
+    /// `-ffile-prefix-map=<root>=.` so objects are path-free and shareable across checkouts.
+    pub file_prefix_map: bool,
+    /// Record statistics.
+    pub stats: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            cache_dir: None,
+            max_size: ByteSize(5 << 30),
+            compression: true,
+            compression_level: 1,
+            mode: Mode::Direct,
+            disable: false,
+            file_prefix_map: true,
+            stats: true,
+        }
+    }
+}
+
+/// A configuration problem, naming the key, variable or file at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The TOML file does not parse, or has an unknown key.
+    #[error("config file {path:?}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the unknown key or the bad line).
+        message: String,
+    },
+    /// An `HPCC_*` variable that is no config key.
+    #[error("unknown environment variable {0} (no config key by that name)")]
+    UnknownVariable(String),
+    /// A value that does not parse for its key.
+    #[error("invalid value {value:?} for {key}: expected {expected}")]
+    InvalidValue {
+        /// The key or variable.
+        key: String,
+        /// The text given.
+        value: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
+}
+
+/// Parses the text of a config file. `path` is only used in messages.
+pub fn parse_file(path: &std::path::Path, text: &str) -> Result<Config, ConfigError> {
+    toml::from_str(text).map_err(|error| ConfigError::File {
+        path: path.to_path_buf(),
+        message: error.message().to_owned(),
+    })
+}
+
+/// Applies `HPCC_*` variables from `env` over `base`. Pure: the caller passes the environment.
+pub fn merge_env<I, K, V>(base: Config, env: I) -> Result<Config, ConfigError>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    let mut config = base;
+    for (name, value) in env {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        let Some(key) = name.strip_prefix("HPCC_") else {
+            continue;
+        };
+        if NON_KEY_VARIABLES.contains(&name) {
+            continue;
+        }
+        match key {
+            "CACHE_DIR" => config.cache_dir = Some(PathBuf::from(value)),
+            "MAX_SIZE" => {
+                config.max_size = value.parse().map_err(|_| ConfigError::InvalidValue {
+                    key: name.into(),
+                    value: value.into(),
+                    expected: "a byte count such as 500M, 5G or 1073741824",
+                })?
+            }
+            "COMPRESSION" => config.compression = parse_bool(name, value)?,
+            "COMPRESSION_LEVEL" => {
+                config.compression_level = value
+                    .parse()
+                    .ok()
+                    .filter(|level| (-7..=22).contains(level))
+                    .ok_or_else(|| ConfigError::InvalidValue {
+                        key: name.into(),
+                        value: value.into(),
+                        expected: "a zstd level from -7 to 22",
+                    })?
+            }
+            "MODE" => {
+                config.mode = match value {
+                    "direct" => Mode::Direct,
+                    "preprocessor" => Mode::Preprocessor,
+                    _ => {
+                        return Err(ConfigError::InvalidValue {
+                            key: name.into(),
+                            value: value.into(),
+                            expected: "direct or preprocessor",
+                        })
+                    }
+                }
+            }
+            "DISABLE" => config.disable = parse_bool(name, value)?,
+            "FILE_PREFIX_MAP" => config.file_prefix_map = parse_bool(name, value)?,
+            "STATS" => config.stats = parse_bool(name, value)?,
+            _ => return Err(ConfigError::UnknownVariable(name.into())),
+        }
+    }
+    Ok(config)
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::InvalidValue {
+            key: name.into(),
+            value: value.into(),
+            expected: "true or false (1/0, yes/no, on/off)",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    #[test]
+    fn file_values_and_unknown_keys() {
+        let config = parse_file(
+            Path::new("c.toml"),
+            "cache_dir = \"/c\"\nmax_size = \"2G\"\nmode = \"preprocessor\"\ncompression = false\n",
+        )
+        .expect("valid file");
+        assert_eq!(config.cache_dir, Some(PathBuf::from("/c")));
+        assert_eq!(config.max_size, ByteSize(2 << 30));
+        assert_eq!(config.mode, Mode::Preprocessor);
+        assert!(!config.compression);
+        assert_eq!(
+            parse_file(Path::new("c.toml"), "max_size = 1024").map(|c| c.max_size),
+            Ok(ByteSize(1024))
+        );
+        let error =
+            parse_file(Path::new("c.toml"), "cache_directory = \"/c\"\n").expect_err("unknown key");
+        assert!(error.to_string().contains("cache_directory"), "{error}");
+        assert!(error.to_string().contains("c.toml"), "{error}");
+        assert!(parse_file(Path::new("c.toml"), "max_size = \"lots\"").is_err());
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let base = Config {
+            cache_dir: Some("/from-file".into()),
+            ..Config::default()
+        };
+        let merged = merge_env(
+            base,
+            [
+                ("HPCC_CACHE_DIR", "/from-env"),
+                ("HPCC_MAX_SIZE", "100M"),
+                ("HPCC_COMPRESSION", "0"),
+                ("HPCC_MODE", "preprocessor"),
+                ("HPCC_LOG", "debug"),
+                ("PATH", "/bin"),
+            ],
+        )
+        .expect("valid environment");
+        assert_eq!(merged.cache_dir, Some(PathBuf::from("/from-env")));
+        assert_eq!(merged.max_size, ByteSize(100 << 20));
+        assert!(!merged.compression);
+        assert_eq!(merged.mode, Mode::Preprocessor);
+    }
+
+    #[test]
+    fn bad_environment_names_the_variable() {
+        let error = merge_env(Config::default(), [("HPCC_CACHEDIR", "/x")]).expect_err("typo");
+        assert_eq!(error, ConfigError::UnknownVariable("HPCC_CACHEDIR".into()));
+        let error = merge_env(Config::default(), [("HPCC_MODE", "fast")]).expect_err("bad mode");
+        assert!(error.to_string().contains("HPCC_MODE"), "{error}");
+        let error =
+            merge_env(Config::default(), [("HPCC_DISABLE", "maybe")]).expect_err("bad bool");
+        assert!(error.to_string().contains("maybe"), "{error}");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        for (text, expected) in [
+            ("0", Some(0)),
+            ("1024", Some(1024)),
+            ("5G", Some(5 << 30)),
+            ("5GiB", Some(5 << 30)),
+            ("512 M", Some(512 << 20)),
+            ("1k", Some(1024)),
+            ("", None),
+            ("G", None),
+            ("5X", None),
+            ("99999999999999999999T", None),
+        ] {
+            assert_eq!(
+                text.parse::<ByteSize>().ok().map(|b| b.0),
+                expected,
+                "{text:?}"
+            );
+        }
+        assert_eq!(ByteSize(5 << 30).to_string(), "5G");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+    }
+
+    proptest! {
+        #[test]
+        fn config_round_trips_through_toml(max in 0u64..(1 << 50), compression: bool, level in -7i32..22) {
+            let config = Config { max_size: ByteSize(max), compression, compression_level: level, ..Config::default() };
+            let text = toml::to_string(&config).expect("serializable");
+            prop_assert_eq!(parse_file(Path::new("x"), &text), Ok(config));
+        }
+
+        #[test]
+        fn arbitrary_files_and_variables_never_panic(text in ".*", name in "HPCC_[A-Z_]{0,12}", value in ".*") {
+            let _ = parse_file(Path::new("x"), &text);
+            let _ = merge_env(Config::default(), [(name, value)]);
+        }
+    }
+}

@@ -20,3 +20,4 @@ pub mod digest;
 pub mod entry;
 pub mod manifest;
 pub mod project;
+pub mod wire;

@@ -14,7 +14,7 @@ pub mod msvc;
 pub mod response;
 pub mod spec;
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -78,10 +78,10 @@ impl Language {
     /// Parses a GNU `-x` value.
     pub fn from_gnu_name(name: &str) -> Option<Language> {
         Some(match name {
-            "c" | "c-header" => Language::C,
-            "c++" | "c++-header" => Language::Cxx,
-            "objective-c" | "objective-c-header" => Language::ObjC,
-            "objective-c++" | "objective-c++-header" => Language::ObjCxx,
+            "c" => Language::C,
+            "c++" => Language::Cxx,
+            "objective-c" => Language::ObjC,
+            "objective-c++" => Language::ObjCxx,
             "cpp-output" => Language::PreprocessedC,
             "c++-cpp-output" => Language::PreprocessedCxx,
             "assembler-with-cpp" => Language::AsmWithCpp,
@@ -179,6 +179,10 @@ pub enum NotCacheable {
     OutputToStdout,
     /// `-o /dev/null` or another non-regular output.
     OutputNotAFile,
+    /// More than one `-o`.
+    MultipleOutputs,
+    /// The invocation writes no output file (`-fsyntax-only`).
+    NoOutput,
     /// `-save-temps`: intermediate files would not be reproduced.
     SaveTemps,
     /// An option hpcc does not know; it could change anything.
@@ -207,6 +211,9 @@ pub enum NotCacheable {
     TimeMacros,
     /// The compiler failed; failures are not cached.
     CompileFailed,
+    /// An input file changed while the compile ran (or within the file system's timestamp
+    /// granularity before it), so the output cannot be paired with one content.
+    InputChanged(String),
 }
 
 impl NotCacheable {
@@ -221,6 +228,8 @@ impl NotCacheable {
             NotCacheable::StdinSource => "stdin_source",
             NotCacheable::OutputToStdout => "output_to_stdout",
             NotCacheable::OutputNotAFile => "output_not_a_file",
+            NotCacheable::MultipleOutputs => "multiple_outputs",
+            NotCacheable::NoOutput => "no_output",
             NotCacheable::SaveTemps => "save_temps",
             NotCacheable::UnknownOption(_) => "unknown_option",
             NotCacheable::MissingArgument(_) => "missing_argument",
@@ -234,6 +243,7 @@ impl NotCacheable {
             NotCacheable::Environment(_) => "environment",
             NotCacheable::TimeMacros => "time_macros",
             NotCacheable::CompileFailed => "compile_failed",
+            NotCacheable::InputChanged(_) => "input_changed",
         }
     }
 }
@@ -248,6 +258,9 @@ impl fmt::Display for NotCacheable {
             NotCacheable::Query(o) => write!(f, "information query {o:?}"),
             NotCacheable::ResponseFile(e) => write!(f, "response file: {e}"),
             NotCacheable::Environment(v) => write!(f, "environment variable {v} is set"),
+            NotCacheable::InputChanged(path) => {
+                write!(f, "input {path} changed during the compile")
+            }
             other => f.write_str(other.as_str()),
         }
     }
@@ -373,7 +386,9 @@ pub fn classify(family: Family, args: &[OsString]) -> Classification {
     };
     let expanded = match response::expand(args, quoting) {
         Ok(expanded) => expanded,
-        Err(error) => return Classification::NotCacheable(NotCacheable::ResponseFile(error.to_string())),
+        Err(error) => {
+            return Classification::NotCacheable(NotCacheable::ResponseFile(error.to_string()))
+        }
     };
     match family {
         Family::Gnu => gnu::parse(&expanded),
@@ -382,6 +397,6 @@ pub fn classify(family: Family, args: &[OsString]) -> Classification {
 }
 
 /// Lossy view of an argv word for messages and option matching.
-pub(crate) fn lossy(word: &OsStr) -> std::borrow::Cow<'_, str> {
+pub(crate) fn lossy(word: &std::ffi::OsStr) -> std::borrow::Cow<'_, str> {
     word.to_string_lossy()
 }

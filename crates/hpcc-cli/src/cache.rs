@@ -1,0 +1,626 @@
+//! One cacheable compile: compute the key, look it up, restore a hit or run the compiler and
+//! store what it produced.
+//!
+//! The invariant everything here serves: a hit reproduces exactly what the compiler would have
+//! produced for *this* invocation (object, dependency file, `.dwo`, `.gcno`, stdout, stderr and
+//! exit code); when in doubt, it is a miss.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use hpcc_core::args::{ColorRequest, CompileInvocation, DepScope, NotCacheable, ParsedArg, Role};
+use hpcc_core::config::{Config, Mode};
+use hpcc_core::digest::KeyHasher;
+use hpcc_core::entry::{ResultEntry, SectionKind};
+use hpcc_core::manifest::Manifest;
+use hpcc_core::project::RootRewriter;
+use hpcc_store::{DiskStore, Kind, Lookup};
+
+use crate::deps;
+use crate::identity::{self, Identity};
+use crate::includes::{self, Recorded};
+
+/// Bumped whenever the meaning of a key changes, so old entries simply stop matching.
+const KEY_FORMAT: &str = "hpcc-key-2";
+
+/// Environment variables that change what a compile produces or prints.
+const KEY_ENVIRONMENT: &[&str] = &[
+    "CPATH",
+    "C_INCLUDE_PATH",
+    "CPLUS_INCLUDE_PATH",
+    "OBJC_INCLUDE_PATH",
+    "OBJCPLUS_INCLUDE_PATH",
+    "SOURCE_DATE_EPOCH",
+    "GCC_COLORS",
+    "GCC_EXEC_PREFIX",
+    "COMPILER_PATH",
+    "GCC_COMPARE_DEBUG",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "TERM",
+];
+
+/// Environment variables that make the compiler write files hpcc would not restore.
+pub const UNCACHEABLE_ENVIRONMENT: &[&str] = &["DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES"];
+
+/// How a compile was served.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Served from a direct-mode manifest.
+    DirectHit,
+    /// Served from a preprocessor-mode key.
+    PreprocessorHit,
+    /// Compiled and stored (or compiled and not storable, with the reason).
+    Miss {
+        /// The compiler's exit code.
+        exit: i32,
+        /// Why the result was not stored, if it was not.
+        not_stored: Option<NotCacheable>,
+        /// A cache entry found corrupt (and removed) on the way.
+        corrupt: bool,
+    },
+}
+
+/// Everything about one compile that the flow needs.
+pub struct Job<'a> {
+    /// The real compiler.
+    pub compiler: &'a Path,
+    /// The classified invocation.
+    pub invocation: &'a CompileInvocation,
+    /// Settings.
+    pub config: &'a Config,
+    /// The cache directory.
+    pub cache_dir: &'a Path,
+    /// The store inside it.
+    pub store: &'a DiskStore,
+    /// The current directory.
+    pub cwd: PathBuf,
+}
+
+struct Prepared {
+    identity: Identity,
+    root: Option<PathBuf>,
+    rewriter: RootRewriter,
+    injected: Vec<OsString>,
+    common_key: KeyHasher,
+}
+
+impl Job<'_> {
+    /// Runs the compile through the cache. An `Err` means nothing was run yet: the caller
+    /// runs the compiler itself.
+    pub fn run(&self) -> Result<Outcome> {
+        let prepared = self.prepare()?;
+        match self.config.mode {
+            Mode::Direct if self.invocation.language.is_preprocessed_by_compiler() => {
+                self.run_direct(&prepared)
+            }
+            _ => self.run_preprocessor(&prepared),
+        }
+    }
+
+    fn prepare(&self) -> Result<Prepared> {
+        let invocation = self.invocation;
+        let identity = identity::identity(self.compiler, self.cache_dir)?;
+        let source_path = self.cwd.join(&invocation.source);
+        let root = if self.config.file_prefix_map {
+            source_path.parent().and_then(hpcc_core::project::find_root)
+        } else {
+            None
+        };
+        let rewriter = RootRewriter::new(root.as_deref());
+        let mut injected = Vec::new();
+        if let Some(root) = &root {
+            let mut map = OsString::from("-ffile-prefix-map=");
+            map.push(root);
+            map.push("=.");
+            injected.push(map);
+        }
+        let color = match invocation.color {
+            ColorRequest::Always => true,
+            ColorRequest::Never => false,
+            ColorRequest::Auto => {
+                let colour_terminal = std::io::stderr().is_terminal()
+                    && std::env::var_os("TERM").is_some_and(|term| term != "dumb");
+                if colour_terminal {
+                    // The compiler's stderr is a pipe to us; ask it for what a terminal gets.
+                    injected.push(OsString::from("-fdiagnostics-color=always"));
+                }
+                colour_terminal
+            }
+        };
+        let mut key = KeyHasher::new();
+        key.field("format", KEY_FORMAT.as_bytes())
+            .digest("compiler", &identity.digest)
+            .field("family", invocation.family.as_str().as_bytes())
+            .field("language", invocation.language.gnu_name().as_bytes())
+            .field(
+                "explicit-language",
+                &[u8::from(invocation.explicit_language)],
+            )
+            .field(
+                "output-kind",
+                format!("{:?}", invocation.output_kind).as_bytes(),
+            )
+            .field("color", &[u8::from(color)])
+            .field("rooted", &[u8::from(root.is_some())]);
+        key.field("cwd", &rewriter.rewrite(self.cwd.as_os_str().as_bytes()));
+        key.field(
+            "source",
+            &rewriter.rewrite(source_path.as_os_str().as_bytes()),
+        );
+        for name in KEY_ENVIRONMENT {
+            if let Some(value) = std::env::var_os(name) {
+                key.field(name, value.as_bytes());
+            }
+        }
+        if let Some(dep) = &invocation.dep {
+            key.field(
+                "dep",
+                format!("{:?} phony={}", dep.scope, dep.phony).as_bytes(),
+            );
+        }
+        if invocation.coverage {
+            // The .gcno records the absolute working directory.
+            key.field("coverage-cwd", self.cwd.as_os_str().as_bytes());
+        }
+        if invocation.split_dwarf {
+            // The object names its .dwo file.
+            key.field(
+                "dwo-output",
+                &rewriter.rewrite(invocation.output.as_bytes()),
+            );
+        }
+        let mut buffer = Vec::new();
+        for input in &invocation.content_inputs {
+            let path = self.cwd.join(input);
+            let (_, digest) = includes::hash_file(&path, &mut buffer)
+                .with_context(|| format!("reading content input {path:?}"))?;
+            key.digest("content-input", &digest);
+        }
+        Ok(Prepared {
+            identity,
+            root,
+            rewriter,
+            injected,
+            common_key: key,
+        })
+    }
+
+    fn hash_args<'b>(
+        key: &mut KeyHasher,
+        rewriter: &RootRewriter,
+        args: impl Iterator<Item = &'b ParsedArg>,
+    ) {
+        for arg in args {
+            key.field("arg", arg.name.as_bytes());
+            if let Some(value) = &arg.value {
+                key.field("value", &rewriter.rewrite(value.as_bytes()));
+            }
+        }
+    }
+
+    fn run_direct(&self, prepared: &Prepared) -> Result<Outcome> {
+        let invocation = self.invocation;
+        let root = prepared.root.as_deref();
+        let mut key = prepared.common_key.clone();
+        key.field("mode", b"direct");
+        Self::hash_args(&mut key, &prepared.rewriter, invocation.key_args());
+        let source_path = self.cwd.join(&invocation.source);
+        let mut buffer = Vec::new();
+        let (_, source_digest) = includes::hash_file(&source_path, &mut buffer)
+            .with_context(|| format!("reading source {source_path:?}"))?;
+        key.digest("source-content", &source_digest);
+        let direct_key = key.finish();
+        let source_stored = includes::store_path(&source_path, &self.cwd, root);
+
+        let mut corrupt = false;
+        let mut manifest = match self.store.get(Kind::Manifest, &direct_key)? {
+            Lookup::Hit(bytes) => Manifest::decode(&bytes).unwrap_or_else(|_| {
+                corrupt = true;
+                let _ = self.store.remove(Kind::Manifest, &direct_key);
+                Manifest::default()
+            }),
+            Lookup::Corrupt => {
+                corrupt = true;
+                Manifest::default()
+            }
+            Lookup::Miss => Manifest::default(),
+        };
+        let mut digests = HashMap::new();
+        for entry in &manifest.entries {
+            if !includes::verify(entry, root, Some(&source_stored), &mut buffer, &mut digests)? {
+                continue;
+            }
+            match self.store.get(Kind::Result, &entry.result)? {
+                Lookup::Hit(bytes) => match ResultEntry::decode(&bytes) {
+                    Ok(result) => {
+                        if self.restore(&result, prepared)? {
+                            return Ok(Outcome::DirectHit);
+                        }
+                    }
+                    Err(_) => {
+                        corrupt = true;
+                        let _ = self.store.remove(Kind::Result, &entry.result);
+                    }
+                },
+                Lookup::Corrupt => corrupt = true,
+                Lookup::Miss => {}
+            }
+        }
+
+        // Miss: compile, asking for a full dependency list to learn which files were read.
+        let started = SystemTime::now();
+        let own_dep_file = match &invocation.dep {
+            Some(dep) if dep.scope == DepScope::All => None,
+            _ => Some(temp_sibling(&self.cwd.join(&invocation.output), "d")),
+        };
+        let mut extra = Vec::new();
+        if invocation.dep.is_none() {
+            if let Some(path) = &own_dep_file {
+                extra.extend([
+                    OsString::from("-MD"),
+                    OsString::from("-MF"),
+                    path.clone().into(),
+                ]);
+            }
+        }
+        let output = self.compile(&prepared.injected, &extra)?;
+        let exit = output.status.code().unwrap_or(1);
+        let mut result = ResultEntry::default();
+        result.set(SectionKind::Stdout, output.stdout);
+        result.set(SectionKind::Stderr, output.stderr);
+        if exit != 0 {
+            if let Some(path) = &own_dep_file {
+                let _ = fs::remove_file(path);
+            }
+            replay(&result);
+            return Ok(Outcome::Miss {
+                exit,
+                not_stored: Some(NotCacheable::CompileFailed),
+                corrupt,
+            });
+        }
+        // -MMD lists user headers only: learn the full list with a preprocessor-only pass.
+        if let (Some(dep), Some(path)) = (&invocation.dep, &own_dep_file) {
+            if dep.scope == DepScope::UserOnly {
+                self.dependency_pass(&prepared.injected, path)?;
+            }
+        }
+        let dep_list_path = own_dep_file
+            .clone()
+            .or_else(|| invocation.dep.as_ref().map(|dep| self.cwd.join(&dep.path)));
+        let stored = (|| -> Result<Option<NotCacheable>> {
+            let dep_text = match &dep_list_path {
+                Some(path) => {
+                    fs::read(path).with_context(|| format!("reading dependency list {path:?}"))?
+                }
+                None => return Ok(Some(NotCacheable::NoOutput)),
+            };
+            let parsed = deps::parse_list(&dep_text)?;
+            let search_dirs = self.search_dirs(prepared)?;
+            let time_pinned = std::env::var_os("SOURCE_DATE_EPOCH").is_some();
+            let recorded = includes::record(&includes::RecordInputs {
+                files: &parsed,
+                search_dirs: &search_dirs,
+                cwd: &self.cwd,
+                root,
+                compile_started: started,
+                time_pinned,
+            })?;
+            let mut entry = match recorded {
+                Recorded::Entry(entry) => entry,
+                Recorded::TimeMacros => return Ok(Some(NotCacheable::TimeMacros)),
+                Recorded::Raced(path) => {
+                    tracing::debug!(?path, "input changed during the compile; not storing");
+                    return Ok(Some(NotCacheable::InputChanged(path.display().to_string())));
+                }
+            };
+            entry.files.retain(|file| file.path != source_stored);
+            let mut result_key = KeyHasher::new();
+            result_key.digest("direct", &direct_key);
+            for file in &entry.files {
+                result_key.digest("file", &file.digest);
+            }
+            entry.result = result_key.finish();
+            self.collect_outputs(&mut result, prepared)?;
+            self.store
+                .put(Kind::Result, &entry.result, &result.encode())?;
+            manifest.add(entry);
+            self.store
+                .put(Kind::Manifest, &direct_key, &manifest.encode())?;
+            Ok(None)
+        })();
+        if let Some(path) = &own_dep_file {
+            let _ = fs::remove_file(path);
+        }
+        replay(&result);
+        let not_stored = match stored {
+            Ok(reason) => reason,
+            Err(error) => {
+                tracing::warn!("not storing the result: {error:#}");
+                crate::record_error("store");
+                None
+            }
+        };
+        Ok(Outcome::Miss {
+            exit,
+            not_stored,
+            corrupt,
+        })
+    }
+
+    fn run_preprocessor(&self, prepared: &Prepared) -> Result<Outcome> {
+        let invocation = self.invocation;
+        let mut key = prepared.common_key.clone();
+        key.field("mode", b"preprocessor");
+        Self::hash_args(
+            &mut key,
+            &prepared.rewriter,
+            invocation.key_args().filter(|arg| {
+                !matches!(
+                    arg.role,
+                    Role::IncludeDir | Role::IncludeFile | Role::Define | Role::Preprocessor
+                )
+            }),
+        );
+        if invocation.language.is_preprocessed_by_compiler() {
+            let preprocessed = Command::new(self.compiler)
+                .args(&prepared.injected)
+                .args(invocation.preprocessor_words())
+                .arg("-E")
+                .current_dir(&self.cwd)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .with_context(|| format!("running {:?} -E", self.compiler))?;
+            if !preprocessed.status.success() {
+                anyhow::bail!("the preprocessor failed");
+            }
+            if !std::env::var_os("SOURCE_DATE_EPOCH").is_some()
+                && memchr::memmem::find(&preprocessed.stdout, b"__TIMESTAMP__").is_some()
+            {
+                // Cannot happen after expansion; kept as a guard against odd preprocessors.
+                anyhow::bail!("time macro survived preprocessing");
+            }
+            key.field(
+                "preprocessed",
+                &prepared.rewriter.rewrite(&preprocessed.stdout),
+            );
+        } else {
+            let mut buffer = Vec::new();
+            let source = self.cwd.join(&invocation.source);
+            let (_, digest) = includes::hash_file(&source, &mut buffer)
+                .with_context(|| format!("reading source {source:?}"))?;
+            key.digest("source-content", &digest);
+        }
+        let result_key = key.finish();
+        let mut corrupt = false;
+        match self.store.get(Kind::Result, &result_key)? {
+            Lookup::Hit(bytes) => match ResultEntry::decode(&bytes) {
+                Ok(result) => {
+                    if self.restore(&result, prepared)? {
+                        return Ok(Outcome::PreprocessorHit);
+                    }
+                }
+                Err(_) => {
+                    corrupt = true;
+                    let _ = self.store.remove(Kind::Result, &result_key);
+                }
+            },
+            Lookup::Corrupt => corrupt = true,
+            Lookup::Miss => {}
+        }
+        let output = self.compile(&prepared.injected, &[])?;
+        let exit = output.status.code().unwrap_or(1);
+        let mut result = ResultEntry::default();
+        result.set(SectionKind::Stdout, output.stdout);
+        result.set(SectionKind::Stderr, output.stderr);
+        let mut not_stored = None;
+        if exit != 0 {
+            not_stored = Some(NotCacheable::CompileFailed);
+        } else if let Err(error) = self.collect_outputs(&mut result, prepared).and_then(|()| {
+            Ok(self
+                .store
+                .put(Kind::Result, &result_key, &result.encode())?)
+        }) {
+            tracing::warn!("not storing the result: {error:#}");
+            crate::record_error("store");
+        }
+        replay(&result);
+        Ok(Outcome::Miss {
+            exit,
+            not_stored,
+            corrupt,
+        })
+    }
+
+    fn compile(&self, injected: &[OsString], extra: &[OsString]) -> Result<std::process::Output> {
+        Command::new(self.compiler)
+            .args(injected)
+            .args(self.invocation.original_words())
+            .args(extra)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {:?}", self.compiler))
+    }
+
+    /// Writes the full dependency list to `path` with a preprocessor-only run.
+    fn dependency_pass(&self, injected: &[OsString], path: &Path) -> Result<()> {
+        let status = Command::new(self.compiler)
+            .args(injected)
+            .args(self.invocation.preprocessor_words())
+            .arg("-M")
+            .arg("-MF")
+            .arg(path)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .with_context(|| format!("running {:?} -M", self.compiler))?;
+        anyhow::ensure!(status.success(), "dependency pass failed: {status}");
+        Ok(())
+    }
+
+    /// `-I`-style directories from the command line, then the compiler's own list.
+    fn search_dirs(&self, prepared: &Prepared) -> Result<Vec<PathBuf>> {
+        let invocation = self.invocation;
+        let mut dirs = Vec::new();
+        let mut system_words = Vec::new();
+        let mut key = KeyHasher::new();
+        key.digest("compiler", &prepared.identity.digest)
+            .field("language", invocation.language.gnu_name().as_bytes());
+        for arg in &invocation.args {
+            match arg.role {
+                Role::IncludeDir => {
+                    if let Some(value) = &arg.value {
+                        dirs.push(PathBuf::from(value));
+                    }
+                }
+                Role::Preprocessor | Role::Codegen | Role::Debug => {
+                    for word in &arg.words {
+                        key.field("word", word.as_bytes());
+                    }
+                    system_words.extend(arg.words.iter().cloned());
+                }
+                _ => {}
+            }
+        }
+        for name in ["CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH"] {
+            if let Some(value) = std::env::var_os(name) {
+                key.field(name, value.as_bytes());
+            }
+        }
+        let language = match invocation.language {
+            hpcc_core::args::Language::PreprocessedC => "c",
+            hpcc_core::args::Language::PreprocessedCxx => "c++",
+            other => other.gnu_name(),
+        };
+        let system = identity::system_include_dirs(
+            self.compiler,
+            self.cache_dir,
+            &key.finish(),
+            &system_words,
+            language,
+        )?;
+        dirs.extend(system);
+        Ok(dirs)
+    }
+
+    /// Reads the files the compile wrote beside the object into `result`.
+    fn collect_outputs(&self, result: &mut ResultEntry, prepared: &Prepared) -> Result<()> {
+        let invocation = self.invocation;
+        let output = self.cwd.join(&invocation.output);
+        result.set(
+            SectionKind::Object,
+            fs::read(&output).with_context(|| format!("reading output {output:?}"))?,
+        );
+        if let Some(dep) = &invocation.dep {
+            let path = self.cwd.join(&dep.path);
+            let text = fs::read(&path).with_context(|| format!("reading {path:?}"))?;
+            let section = deps::store(
+                &text,
+                invocation,
+                prepared.identity.is_clang,
+                &prepared.rewriter,
+            )?;
+            result.set(SectionKind::DepFile, section);
+        }
+        if invocation.split_dwarf {
+            let path = self.cwd.join(invocation.dwo_path());
+            if let Ok(bytes) = fs::read(&path) {
+                result.set(SectionKind::Dwo, bytes);
+            }
+        }
+        if invocation.coverage {
+            let path = self.cwd.join(invocation.gcno_path());
+            result.set(
+                SectionKind::Gcno,
+                fs::read(&path).with_context(|| format!("reading {path:?}"))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes a stored result's files and replays its output. Returns `false` (a miss) when the
+    /// entry cannot serve this invocation, e.g. a raw dependency file for another target.
+    fn restore(&self, result: &ResultEntry, prepared: &Prepared) -> Result<bool> {
+        let invocation = self.invocation;
+        let Some(object) = result.get(SectionKind::Object) else {
+            return Ok(false);
+        };
+        let dep_text = match &invocation.dep {
+            Some(_) => {
+                let Some(section) = result.get(SectionKind::DepFile) else {
+                    return Ok(false);
+                };
+                match deps::restore(section, invocation, &prepared.rewriter)? {
+                    Some(text) => Some(text),
+                    None => return Ok(false),
+                }
+            }
+            None => None,
+        };
+        if invocation.split_dwarf && result.get(SectionKind::Dwo).is_none() {
+            return Ok(false);
+        }
+        if invocation.coverage && result.get(SectionKind::Gcno).is_none() {
+            return Ok(false);
+        }
+        write_output(&self.cwd.join(&invocation.output), object)?;
+        if let (Some(dep), Some(text)) = (&invocation.dep, dep_text) {
+            write_output(&self.cwd.join(&dep.path), &text)?;
+        }
+        if let Some(dwo) = result.get(SectionKind::Dwo) {
+            write_output(&self.cwd.join(invocation.dwo_path()), dwo)?;
+        }
+        if let Some(gcno) = result.get(SectionKind::Gcno) {
+            write_output(&self.cwd.join(invocation.gcno_path()), gcno)?;
+        }
+        replay(result);
+        Ok(true)
+    }
+}
+
+/// A temporary path beside `path` (same directory, so same file system), unique per process.
+fn temp_sibling(path: &Path, extension: &str) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(path.file_name().unwrap_or(OsStr::new("out")));
+    name.push(format!(".hpcc-{}.{extension}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` atomically: a reader never sees half an object.
+fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temp = temp_sibling(path, "tmp");
+    let result = fs::write(&temp, bytes).and_then(|()| fs::rename(&temp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.with_context(|| format!("writing {path:?}"))
+}
+
+fn replay(result: &ResultEntry) {
+    if let Some(stdout) = result.get(SectionKind::Stdout) {
+        if !stdout.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(stdout);
+            let _ = out.flush();
+        }
+    }
+    if let Some(stderr) = result.get(SectionKind::Stderr) {
+        if !stderr.is_empty() {
+            let _ = std::io::stderr().lock().write_all(stderr);
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Statistics: counters kept in 16 small shard files under `<cache_dir>/stats/`.
+//!
+//! Each process adds to the shard chosen by its pid, under an exclusive lock on that shard
+//! only, so concurrent compiles rarely contend. `hpcc stats` sums the shards. A failure to
+//! record is ignored: statistics never fail a build.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+const SHARDS: u32 = 16;
+
+/// Counter names.
+pub mod names {
+    /// A hit found through a direct-mode manifest.
+    pub const DIRECT_HIT: &str = "direct_hits";
+    /// A hit found by the preprocessed-output key.
+    pub const PREPROCESSOR_HIT: &str = "preprocessor_hits";
+    /// A cacheable compile that was not in the cache.
+    pub const MISS: &str = "misses";
+    /// A cache entry that failed its checksum and was removed.
+    pub const CORRUPT: &str = "corrupt_entries";
+    /// Prefix of `uncacheable.<reason>` counters.
+    pub const UNCACHEABLE: &str = "uncacheable";
+    /// Prefix of `errors.<kind>` counters.
+    pub const ERRORS: &str = "errors";
+}
+
+/// The stats directory of a cache.
+pub fn dir(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("stats")
+}
+
+/// Adds `counts` to this process's shard. Errors are returned for the caller to ignore.
+pub fn add(cache_dir: &Path, counts: &[(&str, u64)]) -> Result<()> {
+    let shard = dir(cache_dir).join(format!("{:x}", std::process::id() % SHARDS));
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&shard)
+    {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir(cache_dir))?;
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&shard)?
+        }
+        Err(error) => return Err(error.into()),
+    };
+    file.lock()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let mut table = parse(&text);
+    for (name, count) in counts {
+        *table.entry((*name).to_owned()).or_default() += count;
+    }
+    let rendered = render(&table);
+    file.seek(SeekFrom::Start(0))?;
+    file.set_len(0)?;
+    file.write_all(rendered.as_bytes())?;
+    Ok(())
+}
+
+/// Sums every shard.
+pub fn read(cache_dir: &Path) -> Result<BTreeMap<String, u64>> {
+    let mut total = BTreeMap::new();
+    let entries = match fs::read_dir(dir(cache_dir)) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(total),
+        Err(error) => return Err(error).context("reading the stats directory"),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let text = fs::read_to_string(entry.path()).unwrap_or_default();
+        for (name, count) in parse(&text) {
+            *total.entry(name).or_default() += count;
+        }
+    }
+    Ok(total)
+}
+
+/// Resets every counter.
+pub fn zero(cache_dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir(cache_dir)) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error).context("reading the stats directory"),
+    };
+    for entry in entries {
+        let file = File::options().write(true).open(entry?.path())?;
+        file.lock()?;
+        file.set_len(0)?;
+    }
+    Ok(())
+}
+
+fn parse(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn render(table: &BTreeMap<String, u64>) -> String {
+    table
+        .iter()
+        .map(|(name, count)| format!("{name} {count}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_add_up_and_zero() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        add(
+            cache.path(),
+            &[(names::MISS, 1), ("uncacheable.linking", 2)],
+        )
+        .expect("add");
+        add(cache.path(), &[(names::MISS, 3)]).expect("add");
+        let table = read(cache.path()).expect("read");
+        assert_eq!(table.get(names::MISS), Some(&4));
+        assert_eq!(table.get("uncacheable.linking"), Some(&2));
+        zero(cache.path()).expect("zero");
+        assert!(read(cache.path()).expect("read").is_empty());
+    }
+
+    #[test]
+    fn garbage_lines_are_skipped() {
+        let table = parse("misses 3\nnonsense\nx y z\nhits -1\n");
+        assert_eq!(table.len(), 1);
+    }
+}
