@@ -385,7 +385,7 @@ impl Job<'_> {
             if !preprocessed.status.success() {
                 anyhow::bail!("the preprocessor failed");
             }
-            if !std::env::var_os("SOURCE_DATE_EPOCH").is_some()
+            if std::env::var_os("SOURCE_DATE_EPOCH").is_none()
                 && memchr::memmem::find(&preprocessed.stdout, b"__TIMESTAMP__").is_some()
             {
                 // Cannot happen after expansion; kept as a guard against odd preprocessors.

@@ -1,1 +1,57 @@
-//! Integration tests.
+//! End-to-end tests of the `hpcc` binary with real compilers.
+//!
+//! One binary with a `libtest-mimic` harness, so a test whose prerequisite is missing (clang not
+//! installed, not running as root) is reported as *ignored* with a `skipped: <reason>` line,
+//! never as passed.
+//!
+//! - `harness`: temporary projects, running hpcc and the plain compiler, reading stats.
+//! - `basic`: miss then hit for gcc, g++ and clang; outputs, warnings, errors.
+//! - `deps`: dependency files identical to the plain compiler's, on miss and hit.
+//! - `passthrough`: every uncacheable invocation behaves exactly like the compiler.
+//! - `correctness`: edited and shadowing headers, time macros, corrupt entries.
+//! - `sharing`: two checkouts at different paths share hits and byte-identical objects.
+//! - `robustness`: concurrency, read-only and full cache directories, bad config.
+//! - `invocation`: masquerade symlinks, `hpcc wrap`, launcher style, commands.
+
+mod basic;
+mod correctness;
+mod deps;
+mod harness;
+mod invocation;
+mod passthrough;
+mod robustness;
+mod sharing;
+
+use libtest_mimic::{Arguments, Trial};
+
+use harness::Need;
+
+/// A test: its name, what it needs, and its body.
+pub type Case = (&'static str, &'static [Need], fn() -> harness::TestResult);
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut cases: Vec<Case> = Vec::new();
+    cases.extend(basic::cases());
+    cases.extend(deps::cases());
+    cases.extend(passthrough::cases());
+    cases.extend(correctness::cases());
+    cases.extend(sharing::cases());
+    cases.extend(robustness::cases());
+    cases.extend(invocation::cases());
+    let trials = cases
+        .into_iter()
+        .map(|(name, needs, body)| {
+            let missing = harness::missing(needs);
+            let trial = Trial::test(name, move || body().map_err(Into::into));
+            match missing {
+                Some(reason) => {
+                    println!("skipped: {name}: {reason}");
+                    trial.with_ignored_flag(true)
+                }
+                None => trial,
+            }
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}

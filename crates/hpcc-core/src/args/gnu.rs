@@ -307,10 +307,8 @@ impl Parser {
         let value_str = value_text.as_deref().unwrap_or("");
         match spec.role {
             Role::CompileOnly => self.output_kind = Some(OutputKind::Object),
-            Role::EmitAssembly => {
-                if self.output_kind.is_none() {
-                    self.output_kind = Some(OutputKind::Assembly);
-                }
+            Role::EmitAssembly if self.output_kind.is_none() => {
+                self.output_kind = Some(OutputKind::Assembly);
             }
             Role::PreprocessOnly => self.preprocess_only = true,
             Role::Output => self.outputs.push(value.unwrap_or_default().to_owned()),
@@ -327,10 +325,8 @@ impl Parser {
             Role::DepFlag => match spec.name {
                 "-M" | "-MM" => self.dep_only = true,
                 "-MD" => self.dep_scope = Some(DepScope::All),
-                "-MMD" => {
-                    if self.dep_scope != Some(DepScope::All) {
-                        self.dep_scope = Some(DepScope::UserOnly);
-                    }
+                "-MMD" if self.dep_scope != Some(DepScope::All) => {
+                    self.dep_scope = Some(DepScope::UserOnly);
                 }
                 "-MP" => self.dep_phony = true,
                 _ => {}
@@ -375,10 +371,8 @@ impl Parser {
                 self.content_inputs
                     .push(PathBuf::from(value.unwrap_or_default()));
             }
-            Role::Uncacheable => {
-                if self.first_uncacheable.is_none() {
-                    self.first_uncacheable = Some(uncacheable_reason(spec.name, word));
-                }
+            Role::Uncacheable if self.first_uncacheable.is_none() => {
+                self.first_uncacheable = Some(uncacheable_reason(spec.name, word));
             }
             _ => {}
         }

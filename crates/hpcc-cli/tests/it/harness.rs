@@ -1,0 +1,291 @@
+//! Shared test plumbing: temporary projects, running hpcc and the plain compiler, stats.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A test's outcome: `Err` carries the failure message.
+pub type TestResult = Result<(), String>;
+
+/// Something a test needs from the machine.
+#[derive(Clone, Copy, Debug)]
+pub enum Need {
+    /// gcc and g++ on PATH.
+    Gcc,
+    /// clang on PATH.
+    Clang,
+    /// Running as root (to mount a small tmpfs).
+    Root,
+    /// Not running as root (permission bits are enforced).
+    NotRoot,
+}
+
+fn on_path(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The first unmet need, as a reason.
+pub fn missing(needs: &[Need]) -> Option<String> {
+    for need in needs {
+        let unmet = match need {
+            Need::Gcc => (!on_path("gcc") || !on_path("g++")).then_some("gcc/g++ not installed"),
+            Need::Clang => (!on_path("clang")).then_some("clang not installed"),
+            Need::Root => (!is_root()).then_some("needs root (mounts a tmpfs)"),
+            Need::NotRoot => is_root().then_some("running as root: permission bits not enforced"),
+        };
+        if let Some(reason) = unmet {
+            return Some(reason.to_owned());
+        }
+    }
+    None
+}
+
+/// Fails the test with a message unless `condition` holds.
+#[macro_export]
+macro_rules! ensure {
+    ($condition:expr, $($message:tt)*) => {
+        if !$condition {
+            return Err(format!($($message)*));
+        }
+    };
+}
+
+/// Turns any displayable error into a test failure with context.
+pub trait Context<T> {
+    /// Adds what was being done.
+    fn ctx(self, what: &str) -> Result<T, String>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn ctx(self, what: &str) -> Result<T, String> {
+        self.map_err(|error| format!("{what}: {error}"))
+    }
+}
+
+/// A scratch area: a project directory and a private cache.
+pub struct Sandbox {
+    _temp: tempfile::TempDir,
+    /// The scratch root.
+    pub base: PathBuf,
+    /// The cache directory hpcc uses.
+    pub cache: PathBuf,
+    /// A project directory (with a `.hpcc` marker unless `plain` was asked).
+    pub project: PathBuf,
+}
+
+impl Sandbox {
+    /// A sandbox whose project has a `.hpcc` marker.
+    pub fn new() -> Sandbox {
+        let sandbox = Sandbox::plain();
+        fs::write(sandbox.project.join(".hpcc"), "").expect("writing the marker");
+        sandbox
+    }
+
+    /// A sandbox whose project has no marker.
+    pub fn plain() -> Sandbox {
+        let temp = tempfile::tempdir().expect("creating a temporary directory");
+        let base = temp.path().to_path_buf();
+        let cache = base.join("cache");
+        let project = base.join("project");
+        fs::create_dir_all(&project).expect("creating the project dir");
+        Sandbox {
+            _temp: temp,
+            base,
+            cache,
+            project,
+        }
+    }
+
+    /// Writes a file under the project, creating directories. Its mtime is set a few seconds
+    /// into the past, as for a checked-out file (a file written in the same instant as the
+    /// compile is, correctly, too new to cache).
+    pub fn write(&self, relative: &str, text: &str) -> PathBuf {
+        let path = self.project.join(relative);
+        write_aged(&path, text.as_bytes());
+        path
+    }
+
+    /// Runs `hpcc <args>` in the project directory.
+    pub fn hpcc(&self, args: &[&str]) -> Output {
+        self.hpcc_in(&self.project, args)
+    }
+
+    /// Runs `hpcc <args>` in `dir`.
+    pub fn hpcc_in(&self, dir: &Path, args: &[&str]) -> Output {
+        let mut command = Command::new(hpcc_binary());
+        command.args(args).current_dir(dir);
+        self.environment(&mut command);
+        command.output().expect("running hpcc")
+    }
+
+    /// Sets the isolated environment on a command.
+    pub fn environment(&self, command: &mut Command) {
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("HPCC_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .env("HPCC_CACHE_DIR", &self.cache)
+            .env("HPCC_CONFIG", self.base.join("no-config.toml"))
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("DEPENDENCIES_OUTPUT")
+            .env_remove("SUNPRO_DEPENDENCIES")
+            .env("LC_ALL", "C");
+    }
+
+    /// Runs the plain compiler in the project directory.
+    pub fn plain_compiler(&self, args: &[&str]) -> Output {
+        self.plain_compiler_in(&self.project, args)
+    }
+
+    /// Runs the plain compiler in `dir`.
+    pub fn plain_compiler_in(&self, dir: &Path, args: &[&str]) -> Output {
+        let (program, rest) = args.split_first().expect("a compiler");
+        let mut command = Command::new(program);
+        command.args(rest).current_dir(dir);
+        self.environment(&mut command);
+        command.output().expect("running the compiler")
+    }
+
+    /// `hpcc stats --json`, parsed.
+    pub fn stats(&self) -> serde_json::Value {
+        let out = self.hpcc(&["stats", "--json"]);
+        assert!(
+            out.status.success(),
+            "hpcc stats failed: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("stats --json is JSON")
+    }
+
+    /// (direct hits, preprocessor hits, misses).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let stats = self.stats();
+        (
+            stats["hits"]["direct"].as_u64().unwrap_or(0),
+            stats["hits"]["preprocessor"].as_u64().unwrap_or(0),
+            stats["misses"].as_u64().unwrap_or(0),
+        )
+    }
+
+    /// The count of one uncacheable reason.
+    pub fn uncacheable(&self, reason: &str) -> u64 {
+        self.stats()["uncacheable"][reason].as_u64().unwrap_or(0)
+    }
+
+    /// Reads a project file.
+    pub fn read(&self, relative: &str) -> Vec<u8> {
+        fs::read(self.project.join(relative))
+            .unwrap_or_else(|error| panic!("reading {relative}: {error}"))
+    }
+}
+
+/// Writes `bytes` to `path` and ages its timestamps by ten seconds.
+pub fn write_aged(path: &Path, bytes: &[u8]) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).expect("creating parent directories");
+    }
+    fs::write(path, bytes).expect("writing a file");
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+    let file = fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("reopening a file");
+    file.set_modified(past).expect("setting mtime");
+}
+
+/// The hpcc binary under test.
+pub fn hpcc_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hpcc"))
+}
+
+/// Lossy text of some output, for messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a successful exit, with the stderr in the message.
+pub fn succeeded(out: &Output, what: &str) -> TestResult {
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            text(&out.stderr)
+        ))
+    }
+}
+
+/// Compares two runs: exit code, stdout and stderr identical.
+pub fn same_behaviour(a: &Output, b: &Output, what: &str) -> TestResult {
+    ensure!(
+        a.status.code() == b.status.code(),
+        "{what}: exit {:?} vs {:?}",
+        a.status.code(),
+        b.status.code()
+    );
+    ensure!(
+        a.stdout == b.stdout,
+        "{what}: stdout differs:\n{}\n---\n{}",
+        text(&a.stdout),
+        text(&b.stdout)
+    );
+    ensure!(
+        a.stderr == b.stderr,
+        "{what}: stderr differs:\n{}\n---\n{}",
+        text(&a.stderr),
+        text(&b.stderr)
+    );
+    Ok(())
+}
+
+/// Whether `haystack` contains `needle`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+}
+
+/// `OsStr` of a path, for argv.
+pub fn arg(path: &Path) -> &str {
+    path.to_str()
+        .unwrap_or_else(|| panic!("non-UTF-8 test path {path:?}"))
+}
+
+/// Recursively copies a directory.
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("creating the copy");
+    for entry in fs::read_dir(from).expect("reading a directory") {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            let bytes = fs::read(entry.path()).expect("reading a file");
+            write_aged(&target, &bytes);
+        }
+    }
+}
+
+/// Unused-import guard for `OsStr` in helpers that may need it.
+pub fn _os(value: &str) -> &OsStr {
+    OsStr::new(value)
+}
