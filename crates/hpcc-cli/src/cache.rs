@@ -28,7 +28,7 @@ use crate::identity::{self, Identity};
 use crate::includes::{self, Recorded};
 
 /// Bumped whenever the meaning of a key changes, so old entries simply stop matching.
-const KEY_FORMAT: &str = "hpcc-key-2";
+const KEY_FORMAT: &str = "hpcc-key-3";
 
 /// Environment variables that change what a compile produces or prints.
 const KEY_ENVIRONMENT: &[&str] = &[
@@ -46,7 +46,6 @@ const KEY_ENVIRONMENT: &[&str] = &[
     "LC_ALL",
     "LC_CTYPE",
     "LC_MESSAGES",
-    "TERM",
 ];
 
 /// Environment variables that make the compiler write files hpcc would not restore.
@@ -112,7 +111,13 @@ impl Job<'_> {
         let identity = identity::identity(self.compiler, self.cache_dir)?;
         let source_path = self.cwd.join(&invocation.source);
         let root = if self.config.file_prefix_map {
-            source_path.parent().and_then(hpcc_core::project::find_root)
+            // Resolved first: the compiler's paths (and getcwd) are physical, and a parent
+            // like `build/../src` would otherwise yield a root spelled `build/..` that no
+            // other path starts with.
+            source_path
+                .parent()
+                .and_then(|dir| fs::canonicalize(dir).ok())
+                .and_then(|dir| hpcc_core::project::find_root(&dir))
         } else {
             None
         };
@@ -137,7 +142,13 @@ impl Job<'_> {
                 colour_terminal
             }
         };
-        let mut key = KeyHasher::new();
+        // With HPCC_LOG=debug every key field is logged, so a surprising miss can be explained
+        // by diffing two logs.
+        let mut key = if tracing::enabled!(tracing::Level::DEBUG) {
+            KeyHasher::explained()
+        } else {
+            KeyHasher::new()
+        };
         key.field("format", KEY_FORMAT.as_bytes())
             .digest("compiler", &identity.digest)
             .field("family", invocation.family.as_str().as_bytes())
@@ -220,6 +231,9 @@ impl Job<'_> {
             .with_context(|| format!("reading source {source_path:?}"))?;
         key.digest("source-content", &source_digest);
         let direct_key = key.finish();
+        if let Some(fields) = key.explanation() {
+            tracing::debug!(key = %direct_key.to_hex(), ?fields, "direct key");
+        }
         let source_stored = includes::store_path(&source_path, &self.cwd, root);
 
         let mut corrupt = false;
@@ -307,7 +321,10 @@ impl Job<'_> {
             };
             let parsed = deps::parse_list(&dep_text)?;
             let search_dirs = self.search_dirs(prepared)?;
-            let time_pinned = std::env::var_os("SOURCE_DATE_EPOCH").is_some();
+            // GCC (since 7) honours SOURCE_DATE_EPOCH; Clang only from 16, so for Clang the
+            // macros are treated as unpinned rather than trusting a version guess.
+            let time_pinned = std::env::var_os("SOURCE_DATE_EPOCH").is_some()
+                && !prepared.identity.is_clang;
             let recorded = includes::record(&includes::RecordInputs {
                 files: &parsed,
                 search_dirs: &search_dirs,

@@ -1,8 +1,8 @@
 //! Dependency files in the cache: stored in structured form so a hit can re-emit, byte for
 //! byte, what the compiler would write for the current target and project root.
 //!
-//! Section layout: `S` + style + phony flag + the prerequisites (root replaced by a token)
-//! separated by NUL; or, when the compiler's file could not be reproduced from its parsed form,
+//! Section layout: `S` + style + phony flag + the prerequisites (root replaced by a token),
+//! each length-framed; or, when the compiler's file could not be reproduced from its parsed form,
 //! `R` + the target text + the root it was written for + the file as written, usable only by an
 //! invocation with the same target and root.
 
@@ -72,11 +72,9 @@ pub fn store(
                 DepStyle::Clang => b'c',
             });
             section.push(u8::from(parsed.phony));
-            for (index, prerequisite) in parsed.prerequisites.iter().enumerate() {
-                if index > 0 {
-                    section.push(0);
-                }
-                section.extend_from_slice(&rewriter.rewrite(prerequisite.as_bytes()));
+            // Length-framed, since the rewritten root token itself contains a NUL.
+            for prerequisite in &parsed.prerequisites {
+                push_framed(&mut section, &rewriter.rewrite(prerequisite.as_bytes()));
             }
         }
         None => {
@@ -119,16 +117,17 @@ pub fn restore(
                 b'c' => DepStyle::Clang,
                 _ => return Ok(None),
             };
-            let body = &section[3..];
+            let mut body = &section[3..];
             let mut prerequisites = Vec::new();
-            if !body.is_empty() {
-                for part in body.split(|&byte| byte == 0) {
-                    let restored = rewriter.restore(part);
-                    let Ok(text) = std::str::from_utf8(&restored) else {
-                        return Ok(None);
-                    };
-                    prerequisites.push(text.to_owned());
-                }
+            while !body.is_empty() {
+                let Some(part) = take_framed(&mut body) else {
+                    return Ok(None);
+                };
+                let restored = rewriter.restore(part);
+                let Ok(text) = std::str::from_utf8(&restored) else {
+                    return Ok(None);
+                };
+                prerequisites.push(text.to_owned());
             }
             let dep = DepFile {
                 targets,

@@ -58,10 +58,14 @@ pub fn hash_file(path: &Path, buffer: &mut Vec<u8>) -> std::io::Result<(u64, Dig
     ))
 }
 
-fn has_time_macro(bytes: &[u8]) -> bool {
-    memchr::memmem::find(bytes, b"__DATE__").is_some()
-        || memchr::memmem::find(bytes, b"__TIME__").is_some()
-        || memchr::memmem::find(bytes, b"__TIMESTAMP__").is_some()
+/// Whether `bytes` use a macro whose value depends on when or on which file's timestamp the
+/// compile runs. `SOURCE_DATE_EPOCH` pins `__DATE__` and `__TIME__` (when the compiler honours
+/// it), never `__TIMESTAMP__`, which is the source file's mtime.
+fn has_time_macro(bytes: &[u8], time_pinned: bool) -> bool {
+    memchr::memmem::find(bytes, b"__TIMESTAMP__").is_some()
+        || (!time_pinned
+            && (memchr::memmem::find(bytes, b"__DATE__").is_some()
+                || memchr::memmem::find(bytes, b"__TIME__").is_some()))
 }
 
 /// Inputs to [`record`].
@@ -78,7 +82,8 @@ pub struct RecordInputs<'a> {
     pub root: Option<&'a Path>,
     /// When the compile started: a file changed after this may not match the object.
     pub compile_started: SystemTime,
-    /// Whether time macros are pinned (`SOURCE_DATE_EPOCH`): then they do not block caching.
+    /// Whether `__DATE__`/`__TIME__` are pinned (`SOURCE_DATE_EPOCH` set and honoured by the
+    /// compiler): then they do not block caching.
     pub time_pinned: bool,
 }
 
@@ -118,7 +123,7 @@ pub fn record(inputs: &RecordInputs<'_>) -> Result<Recorded> {
         }
         let (size, digest) =
             hash_file(&absolute, &mut buffer).with_context(|| format!("reading {absolute:?}"))?;
-        if !inputs.time_pinned && has_time_macro(&buffer) {
+        if has_time_macro(&buffer, inputs.time_pinned) {
             return Ok(Recorded::TimeMacros);
         }
         // Hashing read the file after the stat: check again that it did not change meanwhile.

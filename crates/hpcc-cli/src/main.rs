@@ -172,9 +172,11 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
             corrupt,
         }) => {
             let reason = not_stored.map(|reason| uncacheable(reason.as_str()));
+            // Every lookup that found nothing is a miss; when the result could not be stored
+            // either, the reason is counted too, so `stats` explains a miss that repeats.
             let mut counts = vec![(stats::names::MISS, 1)];
             if let Some(reason) = &reason {
-                counts = vec![(reason.as_str(), 1)];
+                counts.push((reason.as_str(), 1));
             }
             if corrupt {
                 counts.push((stats::names::CORRUPT, 1));

@@ -77,6 +77,8 @@ fn hex_value(byte: u8) -> Option<u8> {
 #[derive(Clone, Default)]
 pub struct KeyHasher {
     inner: blake3::Hasher,
+    /// When explaining keys: each field as `tag=value` (lossy text, long values digested).
+    log: Option<Vec<String>>,
 }
 
 impl KeyHasher {
@@ -85,8 +87,29 @@ impl KeyHasher {
         KeyHasher::default()
     }
 
+    /// A fresh hasher that also keeps a readable log of its fields, to explain a miss.
+    pub fn explained() -> KeyHasher {
+        KeyHasher {
+            log: Some(Vec::new()),
+            ..KeyHasher::default()
+        }
+    }
+
+    /// The readable fields so far, if this hasher was made by [`KeyHasher::explained`].
+    pub fn explanation(&self) -> Option<&[String]> {
+        self.log.as_deref()
+    }
+
     /// Adds one field: `tag` names what it is, `bytes` is its value.
     pub fn field(&mut self, tag: &str, bytes: &[u8]) -> &mut KeyHasher {
+        if let Some(log) = &mut self.log {
+            let value = if bytes.len() > 200 {
+                format!("<{} bytes, {}>", bytes.len(), Digest::of(bytes).to_hex())
+            } else {
+                String::from_utf8_lossy(bytes).replace('\0', "\\0")
+            };
+            log.push(format!("{tag}={value}"));
+        }
         self.inner.update(&(tag.len() as u64).to_le_bytes());
         self.inner.update(tag.as_bytes());
         self.inner.update(&(bytes.len() as u64).to_le_bytes());
@@ -96,7 +119,13 @@ impl KeyHasher {
 
     /// Adds a digest field.
     pub fn digest(&mut self, tag: &str, digest: &Digest) -> &mut KeyHasher {
-        self.field(tag, &digest.0)
+        if let Some(log) = &mut self.log {
+            log.push(format!("{tag}={}", digest.to_hex()));
+        }
+        let log = self.log.take();
+        self.field(tag, &digest.0);
+        self.log = log;
+        self
     }
 
     /// The key.
