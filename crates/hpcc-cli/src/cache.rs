@@ -97,6 +97,27 @@ impl Job<'_> {
     /// Runs the compile through the cache. An `Err` means nothing was run yet: the caller
     /// runs the compiler itself.
     pub fn run(&self) -> Result<Outcome> {
+        // A source that cannot be read is the compiler's error to report, not the cache's: run
+        // it as is, so the exit code and message are the compiler's and stats say why.
+        if let Err(error) = fs::File::open(self.cwd.join(&self.invocation.source)) {
+            tracing::debug!(%error, "source unreadable; running the compiler as is");
+            let output = self.compile(&[], &[])?;
+            let exit = output.status.code().unwrap_or(1);
+            let mut result = ResultEntry::default();
+            result.set(SectionKind::Stdout, output.stdout);
+            result.set(SectionKind::Stderr, output.stderr);
+            replay(&result);
+            let reason = if exit == 0 {
+                NotCacheable::InputChanged(self.invocation.source.display().to_string())
+            } else {
+                NotCacheable::CompileFailed
+            };
+            return Ok(Outcome::Miss {
+                exit,
+                not_stored: Some(reason),
+                corrupt: false,
+            });
+        }
         let prepared = self.prepare()?;
         match self.config.mode {
             Mode::Direct if self.invocation.language.is_preprocessed_by_compiler() => {
@@ -323,8 +344,8 @@ impl Job<'_> {
             let search_dirs = self.search_dirs(prepared)?;
             // GCC (since 7) honours SOURCE_DATE_EPOCH; Clang only from 16, so for Clang the
             // macros are treated as unpinned rather than trusting a version guess.
-            let time_pinned = std::env::var_os("SOURCE_DATE_EPOCH").is_some()
-                && !prepared.identity.is_clang;
+            let time_pinned =
+                std::env::var_os("SOURCE_DATE_EPOCH").is_some() && !prepared.identity.is_clang;
             let recorded = includes::record(&includes::RecordInputs {
                 files: &parsed,
                 search_dirs: &search_dirs,
@@ -617,10 +638,22 @@ fn temp_sibling(path: &Path, extension: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Writes `bytes` to `path` atomically: a reader never sees half an object.
+/// Writes `bytes` to `path` through a temporary sibling and a rename: a reader never sees half
+/// an object.
+///
+/// The old file is unlinked first. Renaming over an existing file makes ext4 (with its default
+/// `auto_da_alloc`) start writeback of the new file at once, which costs a rebuild far more than
+/// the moment in which no file exists; the compiler itself truncates in place, so no build can
+/// rely on the old file surviving a compile.
 fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
     let temp = temp_sibling(path, "tmp");
-    let result = fs::write(&temp, bytes).and_then(|()| fs::rename(&temp, path));
+    let result = fs::write(&temp, bytes).and_then(|()| {
+        match fs::remove_file(path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        fs::rename(&temp, path)
+    });
     if result.is_err() {
         let _ = fs::remove_file(&temp);
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use hpcc_core::compiler::MASQUERADE_NAMES;
-use hpcc_store::{DiskConfig, DiskStore};
+use hpcc_store::DiskStore;
 
 use crate::settings::Settings;
 
@@ -78,17 +78,8 @@ fn no_arguments(command: &str, rest: &[OsString]) -> Result<()> {
 }
 
 fn open_store(settings: &Settings) -> Result<DiskStore> {
-    DiskStore::open(
-        &settings.cache_dir,
-        DiskConfig {
-            max_size: settings.config.max_size.0,
-            compression_level: settings
-                .config
-                .compression
-                .then_some(settings.config.compression_level),
-        },
-    )
-    .with_context(|| format!("opening cache {:?}", settings.cache_dir))
+    DiskStore::open(&settings.cache_dir, settings.disk_config())
+        .with_context(|| format!("opening cache {:?}", settings.cache_dir))
 }
 
 fn stats_command(rest: &[OsString]) -> Result<()> {

@@ -6,6 +6,8 @@
 //! `R` + the target text + the root it was written for + the file as written, usable only by an
 //! invocation with the same target and root.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -14,14 +16,58 @@ use hpcc_core::depfile::{self, DepFile, DepStyle};
 use hpcc_core::project::RootRewriter;
 
 /// The files a dependency list names, in order (the source first).
+///
+/// Paths are bytes on Unix, and a dependency file may hold names that are not UTF-8. The
+/// parser works on text, so each byte of an invalid sequence is carried through it as a
+/// character from the last private-use plane (which no real path uses) and turned back into
+/// that byte afterwards.
 pub fn parse_list(text: &[u8]) -> Result<Vec<PathBuf>> {
-    let text = std::str::from_utf8(text).context("dependency list is not UTF-8")?;
-    let parsed = depfile::parse(text).context("parsing the dependency list")?;
+    let decoded = escape_bytes(text);
+    let parsed = depfile::parse(&decoded).context("parsing the dependency list")?;
     Ok(parsed
         .prerequisites
-        .into_iter()
-        .map(PathBuf::from)
+        .iter()
+        .map(|path| PathBuf::from(OsString::from_vec(unescape_bytes(path))))
         .collect())
+}
+
+/// First code point of the range that carries raw bytes through UTF-8 text.
+const BYTE_ESCAPE_BASE: u32 = 0x10_FF00;
+
+fn escape_bytes(mut bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(valid) => {
+                out.push_str(valid);
+                return out;
+            }
+            Err(error) => {
+                let (valid, rest) = bytes.split_at(error.valid_up_to());
+                out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                let bad = error.error_len().unwrap_or(rest.len()).max(1);
+                for &byte in &rest[..bad] {
+                    out.push(char::from_u32(BYTE_ESCAPE_BASE + u32::from(byte)).unwrap_or('?'));
+                }
+                bytes = &rest[bad..];
+            }
+        }
+    }
+}
+
+fn unescape_bytes(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for character in text.chars() {
+        let code = u32::from(character);
+        match code.checked_sub(BYTE_ESCAPE_BASE).map(u8::try_from) {
+            Some(Ok(byte)) => out.push(byte),
+            _ => {
+                let mut buffer = [0u8; 4];
+                out.extend_from_slice(character.encode_utf8(&mut buffer).as_bytes());
+            }
+        }
+    }
+    out
 }
 
 /// The targets the compiler writes for this invocation, as they appear in the file.
@@ -148,5 +194,28 @@ pub fn restore(
             Ok((same_targets && same_root).then(|| rest.to_vec()))
         }
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_utf8_paths_survive_parsing() {
+        let list = b"x.o: caf\xe9.c sub/\xff\xfe.h ok.h\n";
+        let paths = parse_list(list).expect("parses");
+        let bytes: Vec<Vec<u8>> = paths
+            .into_iter()
+            .map(|path| path.into_os_string().into_vec())
+            .collect();
+        assert_eq!(
+            bytes,
+            vec![
+                b"caf\xe9.c".to_vec(),
+                b"sub/\xff\xfe.h".to_vec(),
+                b"ok.h".to_vec()
+            ]
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use hpcc_core::digest::Digest;
-use hpcc_core::manifest::{AbsentRecord, DirStamp, FileRecord, ManifestEntry, StoredPath};
+use hpcc_core::manifest::{AbsentRecord, FileRecord, ManifestEntry, Stamp, StoredPath};
 
 /// A directory changed more recently than this before it was stamped is not trusted: a later
 /// change within the same file-system timestamp tick would leave the stamp unchanged.
@@ -126,18 +126,18 @@ pub fn record(inputs: &RecordInputs<'_>) -> Result<Recorded> {
         if has_time_macro(&buffer, inputs.time_pinned) {
             return Ok(Recorded::TimeMacros);
         }
-        // Hashing read the file after the stat: check again that it did not change meanwhile.
+        // Hashing read the file after the stat: check again that it did not change meanwhile,
+        // which also makes the stamp a faithful witness of the hashed content.
         let after = fs::metadata(&absolute).with_context(|| format!("stat {absolute:?}"))?;
-        if after.size() != size
-            || after.mtime_nsec() != meta.mtime_nsec()
-            || after.mtime() != meta.mtime()
-        {
+        let stamp = stamp_of(&meta);
+        if after.size() != size || meta.size() != size || stamp_of(&after) != stamp {
             return Ok(Recorded::Raced(absolute));
         }
         files.push(FileRecord {
             path: store_path(&absolute, inputs.cwd, inputs.root),
             size,
             digest,
+            stamp: Some(stamp),
         });
         absolute_files.push(absolute);
     }
@@ -272,8 +272,8 @@ fn deepest_existing<'a>(
     None
 }
 
-fn stamp_of(meta: &fs::Metadata) -> DirStamp {
-    DirStamp {
+fn stamp_of(meta: &fs::Metadata) -> Stamp {
+    Stamp {
         dev: meta.dev(),
         ino: meta.ino(),
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
@@ -320,6 +320,10 @@ pub fn verify(
             None => {
                 let computed = match fs::metadata(&path) {
                     Ok(meta) if meta.len() != file.size => Some((meta.len(), Digest::default())),
+                    // Unchanged since it was hashed on this machine: see `FileRecord::stamp`.
+                    Ok(meta) if file.stamp == Some(stamp_of(&meta)) => {
+                        Some((file.size, file.digest))
+                    }
                     Ok(_) => hash_file(&path, buffer).ok(),
                     Err(_) => None,
                 };

@@ -26,7 +26,7 @@ use std::process::{Command, ExitCode};
 use std::sync::Mutex;
 
 use hpcc_core::args::{self, Classification};
-use hpcc_store::{DiskConfig, DiskStore};
+use hpcc_store::DiskStore;
 
 /// Error kinds noticed during this run, added to the stats at the end.
 static ERRORS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
@@ -131,16 +131,7 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
         Ok(cwd) => cwd,
         Err(_) => return exec(&compiler, &args),
     };
-    let store = match DiskStore::open(
-        &settings.cache_dir,
-        DiskConfig {
-            max_size: settings.config.max_size.0,
-            compression_level: settings
-                .config
-                .compression
-                .then_some(settings.config.compression_level),
-        },
-    ) {
+    let store = match DiskStore::open(&settings.cache_dir, settings.disk_config()) {
         Ok(store) => store,
         Err(error) => {
             tracing::warn!("cache unavailable: {error:#}");

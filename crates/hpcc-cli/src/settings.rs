@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use hpcc_core::config::{self, Config};
+use hpcc_core::config::{self, Compression, Config};
 
 /// The resolved configuration and the paths it came from.
 pub struct Settings {
@@ -62,7 +62,12 @@ impl Settings {
             name.starts_with("HPCC_")
                 .then(|| (name, value.to_string_lossy().into_owned()))
         });
-        let config = config::merge_env(file_config, variables)?;
+        let mut config = config::merge_env(file_config, variables)?;
+        // `merge_env` sees values as text, converted lossily; a path must be taken as the
+        // bytes given, or a non-UTF-8 HPCC_CACHE_DIR would silently name another directory.
+        if let Some(dir) = std::env::var_os("HPCC_CACHE_DIR") {
+            config.cache_dir = Some(PathBuf::from(dir));
+        }
         let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
         Ok(Settings {
             config,
@@ -70,5 +75,17 @@ impl Settings {
             config_exists,
             cache_dir,
         })
+    }
+
+    /// The disk store's settings.
+    pub fn disk_config(&self) -> hpcc_store::DiskConfig {
+        hpcc_store::DiskConfig {
+            max_size: self.config.max_size.0,
+            compression: match self.config.compression {
+                Compression::None => hpcc_store::Codec::None,
+                Compression::Lz4 => hpcc_store::Codec::Lz4,
+                Compression::Zstd => hpcc_store::Codec::Zstd(self.config.compression_level),
+            },
+        }
     }
 }

@@ -65,7 +65,11 @@ pub fn add(cache_dir: &Path, counts: &[(&str, u64)]) -> Result<()> {
     }
     let rendered = render(&table);
     file.seek(SeekFrom::Start(0))?;
-    file.set_len(0)?;
+    // Counters only grow, so the new text normally covers the old; truncating every time
+    // costs a journal commit on some file systems, so it is done only when needed.
+    if rendered.len() < text.len() {
+        file.set_len(0)?;
+    }
     file.write_all(rendered.as_bytes())?;
     Ok(())
 }

@@ -15,7 +15,7 @@
 use crate::digest::Digest;
 use crate::wire::{Reader, WireError, Writer};
 
-const MAGIC: &[u8] = b"HPCCMAN\x01";
+const MAGIC: &[u8] = b"HPCCMAN\x02";
 
 /// At most this many header sets are kept per manifest (newest first); older ones are dropped.
 pub const MAX_ENTRIES: usize = 16;
@@ -38,11 +38,18 @@ pub struct FileRecord {
     pub size: u64,
     /// BLAKE3 of its content.
     pub digest: Digest,
+    /// Its identity and times when it was hashed. On the same machine, a file whose stamp is
+    /// unchanged has unchanged content (any write moves the ctime, which cannot be set back,
+    /// and the recording refused files changed too recently to tell apart), so a lookup can
+    /// skip re-hashing it. Elsewhere (another checkout, another machine) the stamp differs and
+    /// the file is hashed.
+    pub stamp: Option<Stamp>,
 }
 
-/// Identity and change times of a directory, used to skip re-checking absent names.
+/// Identity and change times of a file or directory, used to skip re-hashing a file or
+/// re-checking a directory's absent names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DirStamp {
+pub struct Stamp {
     /// Device number.
     pub dev: u64,
     /// Inode number.
@@ -60,7 +67,7 @@ pub struct AbsentRecord {
     pub dir: StoredPath,
     /// Its stamp when recorded, or `None` if it was too recent to trust (changed within the
     /// file system's timestamp granularity of the recording).
-    pub stamp: Option<DirStamp>,
+    pub stamp: Option<Stamp>,
     /// Entry names that did not exist in it.
     pub names: Vec<Vec<u8>>,
 }
@@ -103,20 +110,12 @@ impl Manifest {
                 write_path(&mut out, &file.path);
                 out.u64(file.size);
                 out.raw(&file.digest.0);
+                write_stamp(&mut out, file.stamp);
             }
             out.u32(u32::try_from(entry.absent.len()).unwrap_or(u32::MAX));
             for absent in &entry.absent {
                 write_path(&mut out, &absent.dir);
-                match absent.stamp {
-                    None => out.u8(0),
-                    Some(stamp) => {
-                        out.u8(1);
-                        out.u64(stamp.dev);
-                        out.u64(stamp.ino);
-                        out.i64(stamp.mtime_ns);
-                        out.i64(stamp.ctime_ns);
-                    }
-                }
+                write_stamp(&mut out, absent.stamp);
                 out.u32(u32::try_from(absent.names.len()).unwrap_or(u32::MAX));
                 for name in &absent.names {
                     out.bytes(name);
@@ -133,29 +132,25 @@ impl Manifest {
         let entry_count = reader.count(8)?;
         let mut entries = Vec::with_capacity(entry_count);
         for _ in 0..entry_count {
-            let file_count = reader.count(1 + 8 + 8 + 32)?;
+            let file_count = reader.count(1 + 8 + 8 + 32 + 1)?;
             let mut files = Vec::with_capacity(file_count);
             for _ in 0..file_count {
                 let path = read_path(&mut reader)?;
                 let size = reader.u64()?;
                 let digest = reader.digest()?;
-                files.push(FileRecord { path, size, digest });
+                let stamp = read_stamp(&mut reader)?;
+                files.push(FileRecord {
+                    path,
+                    size,
+                    digest,
+                    stamp,
+                });
             }
             let absent_count = reader.count(1 + 8 + 1 + 4)?;
             let mut absent = Vec::with_capacity(absent_count);
             for _ in 0..absent_count {
                 let dir = read_path(&mut reader)?;
-                let at = reader.position();
-                let stamp = match reader.u8()? {
-                    0 => None,
-                    1 => Some(DirStamp {
-                        dev: reader.u64()?,
-                        ino: reader.u64()?,
-                        mtime_ns: reader.i64()?,
-                        ctime_ns: reader.i64()?,
-                    }),
-                    _ => return Err(WireError::Invalid(at)),
-                };
+                let stamp = read_stamp(&mut reader)?;
                 let name_count = reader.count(8)?;
                 let mut names = Vec::with_capacity(name_count);
                 for _ in 0..name_count {
@@ -172,6 +167,33 @@ impl Manifest {
         }
         reader.finish()?;
         Ok(Manifest { entries })
+    }
+}
+
+fn write_stamp(out: &mut Writer, stamp: Option<Stamp>) {
+    match stamp {
+        None => out.u8(0),
+        Some(stamp) => {
+            out.u8(1);
+            out.u64(stamp.dev);
+            out.u64(stamp.ino);
+            out.i64(stamp.mtime_ns);
+            out.i64(stamp.ctime_ns);
+        }
+    }
+}
+
+fn read_stamp(reader: &mut Reader<'_>) -> Result<Option<Stamp>, WireError> {
+    let at = reader.position();
+    match reader.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some(Stamp {
+            dev: reader.u64()?,
+            ino: reader.u64()?,
+            mtime_ns: reader.i64()?,
+            ctime_ns: reader.i64()?,
+        })),
+        _ => Err(WireError::Invalid(at)),
     }
 }
 
@@ -209,16 +231,23 @@ mod tests {
                     path: StoredPath::Rooted(b"src/x.c".to_vec()),
                     size: 10,
                     digest: Digest([1; 32]),
+                    stamp: None,
                 },
                 FileRecord {
                     path: StoredPath::Absolute(b"/usr/include/stdio.h".to_vec()),
                     size: 20,
                     digest: Digest([2; 32]),
+                    stamp: Some(Stamp {
+                        dev: 9,
+                        ino: 8,
+                        mtime_ns: 7,
+                        ctime_ns: 6,
+                    }),
                 },
             ],
             absent: vec![AbsentRecord {
                 dir: StoredPath::Absolute(b"/usr/local/include".to_vec()),
-                stamp: Some(DirStamp {
+                stamp: Some(Stamp {
                     dev: 1,
                     ino: 2,
                     mtime_ns: 3,

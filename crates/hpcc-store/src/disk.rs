@@ -18,7 +18,7 @@ use hpcc_core::digest::Digest;
 
 use crate::accounting::{Accounting, Usage, SHARDS};
 use crate::evict::{trim_shard, Goal};
-use crate::format::{self, Header, HEADER_LEN, MAX_PAYLOAD_LEN};
+use crate::format::{self, Codec, Header, HEADER_LEN, MAX_PAYLOAD_LEN};
 use crate::layout::{coarse_shard, Layout, TEMP_PREFIX};
 use crate::{Kind, Lookup, StoreError};
 
@@ -38,17 +38,16 @@ const TEMP_ATTEMPTS: u32 = 16;
 pub struct DiskConfig {
     /// The size limit in bytes, counting whole entry files; 0 means unlimited.
     pub max_size: u64,
-    /// `None` stores payloads uncompressed; `Some(level)` compresses them with zstd at `level`
-    /// (a payload that does not shrink is stored uncompressed anyway).
-    pub compression_level: Option<i32>,
+    /// How payloads are compressed (a payload that does not shrink is stored as is anyway).
+    pub compression: Codec,
 }
 
 impl Default for DiskConfig {
-    /// Unlimited size, zstd level 1 (fast, and already most of the gain on object files).
+    /// Unlimited size, LZ4.
     fn default() -> DiskConfig {
         DiskConfig {
             max_size: 0,
-            compression_level: Some(1),
+            compression: Codec::Lz4,
         }
     }
 }
@@ -167,10 +166,12 @@ impl DiskStore {
                 max: MAX_PAYLOAD_LEN,
             });
         }
-        let (header, body) = format::encode(kind, key, data, self.config.compression_level)
-            .map_err(|source| StoreError::Compress {
-                key: key.to_hex(),
-                source,
+        let (header, body) =
+            format::encode(kind, key, data, self.config.compression).map_err(|source| {
+                StoreError::Compress {
+                    key: key.to_hex(),
+                    source,
+                }
             })?;
         let entry_path = self.layout.entry_path(kind, key);
         let shard_dir = self.layout.shard_dir(kind, key.0[0]);

@@ -61,6 +61,7 @@ mod test_util {
 
 pub use disk::{CleanReport, DiskConfig, DiskStore, EvictReport};
 pub use error::StoreError;
+pub use format::Codec;
 
 /// The namespace of a key: the two kinds never collide even for equal digests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

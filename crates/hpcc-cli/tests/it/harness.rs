@@ -19,6 +19,8 @@ pub enum Need {
     Root,
     /// Not running as root (permission bits are enforced).
     NotRoot,
+    /// cmake on PATH (for the launcher-style test).
+    Cmake,
 }
 
 fn on_path(program: &str) -> bool {
@@ -47,6 +49,7 @@ pub fn missing(needs: &[Need]) -> Option<String> {
             Need::Clang => (!on_path("clang")).then_some("clang not installed"),
             Need::Root => (!is_root()).then_some("needs root (mounts a tmpfs)"),
             Need::NotRoot => is_root().then_some("running as root: permission bits not enforced"),
+            Need::Cmake => (!on_path("cmake")).then_some("cmake not installed"),
         };
         if let Some(reason) = unmet {
             return Some(reason.to_owned());
@@ -288,4 +291,79 @@ pub fn copy_tree(from: &Path, to: &Path) {
 /// Unused-import guard for `OsStr` in helpers that may need it.
 pub fn _os(value: &str) -> &OsStr {
     OsStr::new(value)
+}
+
+// --- Helpers for passthrough, robustness and invocation tests. ---
+
+impl Sandbox {
+    /// A command for `hpcc <args>` in the project directory with the isolated environment, for
+    /// tests that add variables, pipe stdin or spawn several processes at once.
+    pub fn hpcc_command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        let mut command = Command::new(hpcc_binary());
+        command.args(args).current_dir(&self.project);
+        self.environment(&mut command);
+        command
+    }
+
+    /// A command for the plain compiler (`args[0]`) in the project directory, isolated likewise.
+    pub fn plain_command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        let (program, rest) = args.split_first().expect("a compiler");
+        let mut command = Command::new(program);
+        command.args(rest).current_dir(&self.project);
+        self.environment(&mut command);
+        command
+    }
+}
+
+/// Runs `command` with `input` piped to its stdin and collects its output.
+pub fn run_with_stdin(command: &mut Command, input: &[u8]) -> Result<Output, String> {
+    use std::io::Write as _;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ctx("spawning a command with piped stdin")?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| "the child has no stdin pipe".to_owned())?;
+    let writer = std::thread::spawn({
+        let input = input.to_vec();
+        move || stdin.write_all(&input)
+    });
+    let output = child.wait_with_output().ctx("waiting for the command")?;
+    // A compiler may exit without reading all of its input; a broken pipe is not a failure.
+    let _ = writer.join();
+    Ok(output)
+}
+
+/// Every regular file under `dir`, relative path to content (symlinks and directories skipped).
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => walk(base, &path, out),
+                Ok(kind) if kind.is_file() => {
+                    if let (Ok(bytes), Ok(relative)) = (fs::read(&path), path.strip_prefix(base)) {
+                        out.insert(relative.to_path_buf(), bytes);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Waits until files written just now are old enough for hpcc to trust their timestamps
+/// (a file changed within a few milliseconds of a compile is, correctly, not cached).
+pub fn settle() {
+    std::thread::sleep(std::time::Duration::from_millis(60));
 }

@@ -10,17 +10,21 @@ use super::*;
 
 const UNCOMPRESSED: DiskConfig = DiskConfig {
     max_size: 0,
-    compression_level: None,
+    compression: Codec::None,
 };
 const COMPRESSED: DiskConfig = DiskConfig {
     max_size: 0,
-    compression_level: Some(3),
+    compression: Codec::Zstd(3),
+};
+const LZ4: DiskConfig = DiskConfig {
+    max_size: 0,
+    compression: Codec::Lz4,
 };
 
 fn limited(max_size: u64) -> DiskConfig {
     DiskConfig {
         max_size,
-        compression_level: None,
+        compression: Codec::None,
     }
 }
 
@@ -68,7 +72,7 @@ fn round_trips_compressed_and_uncompressed() {
     let compressible = b"mov %rax, %rbx\n".repeat(10_000);
     let incompressible = noise(1, 100_000);
     let payloads: [&[u8]; 4] = [b"", b"x", &compressible, &incompressible];
-    for config in [UNCOMPRESSED, COMPRESSED] {
+    for config in [UNCOMPRESSED, COMPRESSED, LZ4] {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path(), config).unwrap();
         for (index, payload) in payloads.iter().enumerate() {
@@ -85,7 +89,7 @@ fn round_trips_compressed_and_uncompressed() {
         assert_eq!(store.size().unwrap(), disk_usage(dir.path()).0);
         let compressed_entry = store.layout.entry_path(Kind::Result, &Digest::of(&[2]));
         let stored = fs::metadata(compressed_entry).unwrap().len();
-        if config.compression_level.is_some() {
+        if config.compression != Codec::None {
             assert!(
                 stored < 2_000,
                 "compressible payload stored as {stored} bytes"
@@ -137,9 +141,6 @@ fn open_and_miss_create_nothing() {
     assert!(root.join("size/counters").exists());
 }
 
-/// Corrupts an entry's file in one way; `None` leaves it alone.
-type Mutation = fn(&Path);
-
 #[test]
 fn corrupt_entries_are_reported_and_removed() {
     fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
@@ -147,7 +148,8 @@ fn corrupt_entries_are_reported_and_removed() {
         edit(&mut bytes);
         fs::write(path, bytes).unwrap();
     }
-    let mut mutations: Vec<(String, Box<dyn Fn(&Path)>)> = vec![
+    type Mutation = (String, Box<dyn Fn(&Path)>);
+    let mut mutations: Vec<Mutation> = vec![
         (
             "zero length".into(),
             Box::new(|path| fs::write(path, b"").unwrap()),
@@ -199,7 +201,7 @@ fn corrupt_entries_are_reported_and_removed() {
 
     let payload = b"compressible object code ".repeat(200);
     let _unused: Option<Mutation> = None;
-    for config in [UNCOMPRESSED, COMPRESSED] {
+    for config in [UNCOMPRESSED, COMPRESSED, LZ4] {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path(), config).unwrap();
         for (name, mutate) in &mutations {
@@ -302,7 +304,7 @@ fn hits_refresh_the_mtime_only_when_it_is_old() {
 
 #[test]
 fn threads_putting_and_getting_one_key_never_see_a_partial_entry() {
-    for config in [UNCOMPRESSED, COMPRESSED] {
+    for config in [UNCOMPRESSED, COMPRESSED, LZ4] {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(DiskStore::open(dir.path(), config).unwrap());
         let key = Digest::of(b"contended");
@@ -310,7 +312,10 @@ fn threads_putting_and_getting_one_key_never_see_a_partial_entry() {
         let payloads: Arc<Vec<Vec<u8>>> = Arc::new(
             (0..16u64)
                 .map(|seed| {
-                    let mut payload = noise(seed, 200_000 + 1000 * seed as usize);
+                    let mut payload = noise(
+                        seed,
+                        200_000 + 1000 * usize::from(u8::try_from(seed).unwrap()),
+                    );
                     payload[..1000].fill(u8::try_from(seed).unwrap());
                     payload
                 })
