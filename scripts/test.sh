@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs what the tests use (clang,
+# ccache, cmake; gcc/g++/make if missing), then formatting, lints, unit and integration tests.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+packages=()
+for tool in gcc:gcc g++:g++ make:make clang:clang ccache:ccache cmake:cmake; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || packages+=("${tool#*:}")
+done
+if ((${#packages[@]})); then
+    sudo_cmd=""; [[ $(id -u) -eq 0 ]] || sudo_cmd="sudo"
+    echo "installing: ${packages[*]}"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
