@@ -288,7 +288,7 @@ pub fn verify(
     root: Option<&Path>,
     skip: Option<&StoredPath>,
     buffer: &mut Vec<u8>,
-    digests: &mut HashMap<PathBuf, Option<(u64, Digest)>>,
+    mut digests: Option<&mut HashMap<PathBuf, Option<(u64, Digest)>>>,
 ) -> Result<bool> {
     for absent in &entry.absent {
         let Some(dir) = resolve(&absent.dir, root) else {
@@ -315,8 +315,11 @@ pub fn verify(
         let Some(path) = resolve(&file.path, root) else {
             return Ok(false);
         };
-        let known = match digests.get(&path) {
-            Some(known) => *known,
+        let remembered = digests
+            .as_ref()
+            .and_then(|digests| digests.get(&path).copied());
+        let known = match remembered {
+            Some(known) => known,
             None => {
                 let computed = match fs::metadata(&path) {
                     Ok(meta) if meta.len() != file.size => Some((meta.len(), Digest::default())),
@@ -327,7 +330,9 @@ pub fn verify(
                     Ok(_) => hash_file(&path, buffer).ok(),
                     Err(_) => None,
                 };
-                digests.insert(path.clone(), computed);
+                if let Some(digests) = digests.as_deref_mut() {
+                    digests.insert(path.clone(), computed);
+                }
                 computed
             }
         };
