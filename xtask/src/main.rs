@@ -1,2 +1,62 @@
 //! Repository tasks. `cargo xtask tidy` runs the style checks (they also run under `cargo test`).
-fn main() {}
+//!
+//! The checks live in [`tidy`] and run two ways: as `#[test]`s, so `cargo test` alone keeps the
+//! tree clean, and through this binary, which prints every violation as `file:line` for a
+//! person (or CI log) to read.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod tidy;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask tidy    check the style rules of STYLE.md (also run by `cargo test -p xtask`)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["tidy"] => run_tidy(),
+        ["help" | "--help" | "-h"] => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_tidy() -> ExitCode {
+    let root = tidy::repo_root();
+    match tidy::check_repo(&root) {
+        Ok(report) if report.violations.is_empty() => {
+            println!(
+                "tidy: {} files, {} rules, no violations",
+                report.files_checked,
+                tidy::Rule::ALL.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            for violation in &report.violations {
+                eprintln!("{violation}");
+            }
+            eprintln!(
+                "tidy: {} violation(s) in {} files",
+                report.violations.len(),
+                report.files_checked
+            );
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("tidy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -28,7 +28,7 @@ use crate::identity::{self, Identity};
 use crate::includes::{self, Recorded};
 
 /// Bumped whenever the meaning of a key changes, so old entries simply stop matching.
-const KEY_FORMAT: &str = "hpcc-key-3";
+const KEY_FORMAT: &str = "hpcc-key-4";
 
 /// Environment variables that change what a compile produces or prints.
 const KEY_ENVIRONMENT: &[&str] = &[
@@ -123,6 +123,18 @@ impl Job<'_> {
             Mode::Direct if self.invocation.language.is_preprocessed_by_compiler() => {
                 self.run_direct(&prepared)
             }
+            // Options such as -P or -dM change what `-E` prints, so its output would no longer
+            // stand for the compile; the direct mode's key does not depend on it.
+            Mode::Preprocessor
+                if self.invocation.language.is_preprocessed_by_compiler()
+                    && self
+                        .invocation
+                        .original_words()
+                        .iter()
+                        .any(|word| alters_preprocessed_output(word)) =>
+            {
+                self.run_direct(&prepared)
+            }
             _ => self.run_preprocessor(&prepared),
         }
     }
@@ -173,6 +185,15 @@ impl Job<'_> {
         key.field("format", KEY_FORMAT.as_bytes())
             .digest("compiler", &identity.digest)
             .field("family", invocation.family.as_str().as_bytes())
+            // The name the driver was run as changes its behaviour (`clang++` is `clang` in
+            // C++ mode, yet the same binary with the same version output).
+            .field(
+                "driver-name",
+                self.compiler
+                    .file_name()
+                    .map(|name| name.as_bytes())
+                    .unwrap_or_default(),
+            )
             .field("language", invocation.language.gnu_name().as_bytes())
             .field(
                 "explicit-language",
@@ -191,7 +212,8 @@ impl Job<'_> {
         );
         for name in KEY_ENVIRONMENT {
             if let Some(value) = std::env::var_os(name) {
-                key.field(name, value.as_bytes());
+                // As a digest, so that explaining a key never prints an environment value.
+                key.digest(name, &hpcc_core::digest::Digest::of(value.as_bytes()));
             }
         }
         if let Some(dep) = &invocation.dep {
@@ -326,16 +348,17 @@ impl Job<'_> {
                 corrupt,
             });
         }
-        // -MMD lists user headers only: learn the full list with a preprocessor-only pass.
-        if let (Some(dep), Some(path)) = (&invocation.dep, &own_dep_file) {
-            if dep.scope == DepScope::UserOnly {
-                self.dependency_pass(&prepared.injected, path)?;
-            }
-        }
         let dep_list_path = own_dep_file
             .clone()
             .or_else(|| invocation.dep.as_ref().map(|dep| self.cwd.join(&dep.path)));
         let stored = (|| -> Result<Option<NotCacheable>> {
+            // -MMD lists user headers only: learn the full list with a preprocessor-only pass.
+            // Inside this closure, as the compile already ran: a failure only skips storing.
+            if let (Some(dep), Some(path)) = (&invocation.dep, &own_dep_file) {
+                if dep.scope == DepScope::UserOnly {
+                    self.dependency_pass(&prepared.injected, path)?;
+                }
+            }
             let dep_text = match &dep_list_path {
                 Some(path) => {
                     fs::read(path).with_context(|| format!("reading dependency list {path:?}"))?
@@ -412,6 +435,8 @@ impl Job<'_> {
                 )
             }),
         );
+        let started = SystemTime::now();
+        let mut inputs_read = Vec::new();
         if invocation.language.is_preprocessed_by_compiler() {
             let preprocessed = Command::new(self.compiler)
                 .args(&prepared.injected)
@@ -435,6 +460,7 @@ impl Job<'_> {
                 "preprocessed",
                 &prepared.rewriter.rewrite(&preprocessed.stdout),
             );
+            inputs_read = line_marker_files(&preprocessed.stdout);
         } else {
             let mut buffer = Vec::new();
             let source = self.cwd.join(&invocation.source);
@@ -467,6 +493,14 @@ impl Job<'_> {
         let mut not_stored = None;
         if exit != 0 {
             not_stored = Some(NotCacheable::CompileFailed);
+        } else if let Some(path) = includes::changed_since(
+            std::iter::once(self.cwd.join(&invocation.source))
+                .chain(inputs_read.iter().map(|path| self.cwd.join(path))),
+            started,
+        ) {
+            // The compile may have read other content than the `-E` run that made the key.
+            tracing::debug!(?path, "input changed during the compile; not storing");
+            not_stored = Some(NotCacheable::InputChanged(path.display().to_string()));
         } else if let Err(error) = self.collect_outputs(&mut result, prepared).and_then(|()| {
             Ok(self
                 .store
@@ -538,7 +572,8 @@ impl Job<'_> {
         }
         for name in ["CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH"] {
             if let Some(value) = std::env::var_os(name) {
-                key.field(name, value.as_bytes());
+                // As a digest, so that explaining a key never prints an environment value.
+                key.digest(name, &hpcc_core::digest::Digest::of(value.as_bytes()));
             }
         }
         let language = match invocation.language {
@@ -660,6 +695,46 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&temp);
     }
     result.with_context(|| format!("writing {path:?}"))
+}
+
+/// Whether `word` makes `-E` print something other than the translation unit the compile
+/// sees: no line markers (`-P`), only macro definitions (`-dM`, `-dD`, ...), or unexpanded
+/// macros (`-fdirectives-only`).
+fn alters_preprocessed_output(word: &OsStr) -> bool {
+    let bytes = word.as_bytes();
+    bytes == b"-P"
+        || bytes == b"-fdirectives-only"
+        || bytes == b"-fpreprocessed"
+        || (bytes.len() > 2
+            && bytes.starts_with(b"-d")
+            && bytes[2..].iter().all(|byte| b"MDNIU".contains(byte)))
+}
+
+/// The files named by `# <line> "<file>"` markers in preprocessed output, without
+/// duplicates and without the `<built-in>`-style pseudo files.
+fn line_marker_files(preprocessed: &[u8]) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    let mut files = Vec::new();
+    for line in preprocessed.split(|&byte| byte == b'\n') {
+        let Some(rest) = line.strip_prefix(b"# ") else {
+            continue;
+        };
+        let Some(open) = memchr::memchr(b'"', rest) else {
+            continue;
+        };
+        let name = &rest[open + 1..];
+        let Some(close) = memchr::memrchr(b'"', name) else {
+            continue;
+        };
+        let name = &name[..close];
+        if name.is_empty() || name.starts_with(b"<") || name.contains(&b'\\') {
+            continue;
+        }
+        if seen.insert(name.to_vec()) {
+            files.push(PathBuf::from(OsStr::from_bytes(name)));
+        }
+    }
+    files
 }
 
 fn replay(result: &ResultEntry) {

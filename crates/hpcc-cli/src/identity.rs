@@ -2,7 +2,7 @@
 //!
 //! Identity = BLAKE3 of the driver binary, of the compiler proper (`cc1`, `cc1plus` for GCC;
 //! Clang has none) and of `--version` output. Computing it reads tens of megabytes, so it is
-//! cached in `<cache_dir>/compilers/` under the driver's path, validated on every use by
+//! cached in `<cache_dir>/compilers/` under the driver's resolved path, validated on every use by
 //! `stat`-ing each binary: any change of device, inode, size, mtime or ctime recomputes it.
 //! Also cached there, per identity and flag set, is the compiler's system include search list.
 
@@ -29,7 +29,11 @@ const FORMAT: &str = "hpcc-identity-1";
 
 /// Returns the identity of `compiler`, from the cache when every binary is unchanged.
 pub fn identity(compiler: &Path, cache_dir: &Path) -> Result<Identity> {
-    let record = record_path(cache_dir, compiler);
+    // The record is named after the resolved driver, not the path as given: a symlink that is
+    // re-pointed (update-alternatives) or a relative path used from another directory must
+    // not find the record of the binary it named before.
+    let resolved = fs::canonicalize(compiler).with_context(|| format!("resolving {compiler:?}"))?;
+    let record = record_path(cache_dir, &resolved);
     if let Some(identity) = read_valid(&record) {
         return Ok(identity);
     }

@@ -149,6 +149,21 @@ pub fn record(inputs: &RecordInputs<'_>) -> Result<Recorded> {
     }))
 }
 
+/// The first of `paths` whose content may have changed since shortly before `started` (its
+/// mtime or ctime is within the trust margin of it or later), if any.
+pub fn changed_since(
+    paths: impl IntoIterator<Item = PathBuf>,
+    started: SystemTime,
+) -> Option<PathBuf> {
+    let limit = started
+        .checked_sub(STAMP_TRUST_MARGIN)
+        .unwrap_or(UNIX_EPOCH);
+    paths.into_iter().find(|path| match fs::metadata(path) {
+        Ok(meta) => modified_after(&meta, limit),
+        Err(_) => true,
+    })
+}
+
 fn modified_after(meta: &fs::Metadata, limit: SystemTime) -> bool {
     let limit_ns = limit
         .duration_since(UNIX_EPOCH)

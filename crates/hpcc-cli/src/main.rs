@@ -88,6 +88,10 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
         }
     };
     if settings.config.disable {
+        if settings.config.stats {
+            let name = format!("{}.disabled", stats::names::UNCACHEABLE);
+            let _ = stats::add(&settings.cache_dir, &[(&name, 1)]);
+        }
         return exec(&compiler, &args);
     }
     let count = |counts: &[(&str, u64)]| {

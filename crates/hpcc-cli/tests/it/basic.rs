@@ -332,6 +332,7 @@ fn preprocessor_mode() -> TestResult {
     let sandbox = Sandbox::new();
     sandbox.write("p.c", "#include \"p.h\"\nint v = P;\n");
     sandbox.write("p.h", "#define P 1\n");
+    crate::harness::settle();
     let run = |what: &str| -> TestResult {
         let mut command = std::process::Command::new(crate::harness::hpcc_binary());
         command
@@ -349,6 +350,7 @@ fn preprocessor_mode() -> TestResult {
         sandbox.counts()
     );
     sandbox.write("p.h", "/* a comment */\n#define P 1\n");
+    crate::harness::settle();
     run("comment edit")?;
     ensure!(
         sandbox.counts() == (0, 2, 1),

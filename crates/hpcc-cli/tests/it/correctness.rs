@@ -83,6 +83,21 @@ pub fn cases() -> Vec<Case> {
             &[Need::Gcc, Need::Clang],
             compiler_change,
         ),
+        (
+            "correctness::clang_driver_name_in_key",
+            &[Need::Clang],
+            driver_name,
+        ),
+        (
+            "correctness::repointed_compiler_symlink",
+            &[Need::Gcc, Need::Clang],
+            repointed_symlink,
+        ),
+        (
+            "correctness::preprocessor_mode_output_altering_flags",
+            &[Need::Gcc],
+            preprocessor_flags,
+        ),
     ]
 }
 
@@ -452,5 +467,91 @@ fn compiler_change() -> TestResult {
         sandbox.read("a.o") != gcc_object,
         "same object from both compilers"
     );
+    Ok(())
+}
+
+/// `clang++` is the `clang` binary in C++ mode: the same source through each must not share.
+fn driver_name() -> TestResult {
+    let sandbox = Sandbox::new();
+    sandbox.write("b.c", "int f(int x) { return x; }\n");
+    succeeded(&sandbox.hpcc(&["clang", "-c", "b.c", "-o", "b.o"]), "clang")?;
+    let out = sandbox.hpcc(&["clang++", "-c", "b.c", "-o", "b.o"]);
+    succeeded(&out, "clang++")?;
+    ensure!(
+        sandbox.counts() == (0, 0, 2),
+        "clang++ was served clang's object: {:?}",
+        sandbox.counts()
+    );
+    ensure!(
+        contains(&sandbox.read("b.o"), b"_Z1fi"),
+        "clang++ object lacks the C++ symbol"
+    );
+    Ok(())
+}
+
+/// A compiler symlink re-pointed to another compiler (update-alternatives) is a new compiler.
+fn repointed_symlink() -> TestResult {
+    let sandbox = Sandbox::new();
+    sandbox.write("a.c", "int f(void) { return 1; }\n");
+    let bin = sandbox.base.join("bin");
+    std::fs::create_dir_all(&bin).ctx("bin")?;
+    let link = bin.join("cc");
+    let which = |name: &str| -> Result<std::path::PathBuf, String> {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .ctx("which")?;
+        Ok(std::path::PathBuf::from(text(&out.stdout).trim()))
+    };
+    std::os::unix::fs::symlink(which("gcc")?, &link).ctx("symlink")?;
+    let cc = link.display().to_string();
+    succeeded(&sandbox.hpcc(&[&cc, "-c", "a.c", "-o", "a.o"]), "as gcc")?;
+    std::fs::remove_file(&link).ctx("rm link")?;
+    std::os::unix::fs::symlink(which("clang")?, &link).ctx("symlink")?;
+    succeeded(&sandbox.hpcc(&[&cc, "-c", "a.c", "-o", "a.o"]), "as clang")?;
+    ensure!(
+        sandbox.counts() == (0, 0, 2),
+        "the re-pointed compiler hit the old one's entry: {:?}",
+        sandbox.counts()
+    );
+    ensure!(
+        contains(&sandbox.read("a.o"), b"clang"),
+        "the object was not made by clang"
+    );
+    Ok(())
+}
+
+/// In preprocessor mode, options that change what `-E` prints must not make the key blind to
+/// the source: `-dM` (macros only) and `-P` (no line markers).
+fn preprocessor_flags() -> TestResult {
+    for flag in ["-dM", "-P"] {
+        let sandbox = Sandbox::new();
+        sandbox.write("x.c", "int f(void) { return 1; }\n");
+        crate::harness::settle();
+        let run = |what: &str| -> TestResult {
+            let mut command = std::process::Command::new(crate::harness::hpcc_binary());
+            command
+                .args(["gcc", "-g", flag, "-c", "x.c", "-o", "x.o"])
+                .current_dir(&sandbox.project);
+            sandbox.environment(&mut command);
+            command.env("HPCC_MODE", "preprocessor");
+            succeeded(&command.output().ctx("running hpcc")?, what)
+        };
+        run("first")?;
+        let first = sandbox.read("x.o");
+        sandbox.write("x.c", "\n\n\nint g(void) { return 2; }\n");
+        crate::harness::settle();
+        run("after edit")?;
+        ensure!(
+            sandbox.read("x.o") != first,
+            "{flag}: the edited source got the old object"
+        );
+        let (direct, preprocessor, _) = sandbox.counts();
+        ensure!(
+            direct + preprocessor == 0,
+            "{flag}: served from the cache: {:?}",
+            sandbox.counts()
+        );
+    }
     Ok(())
 }
