@@ -566,9 +566,20 @@ fn read_only_cache_fails_puts_but_serves_hits() {
     set_mode_recursively(dir.path(), 0o555);
     let probe = path.with_file_name("probe");
     if fs::write(&probe, b"").is_ok() {
+        // Root ignores permission bits: make the put fail by putting a file where its shard
+        // directory must go, and check the same promise (an error, and hits still served).
         fs::remove_file(&probe).unwrap();
         set_mode_recursively(dir.path(), 0o755);
-        println!("skipped: running as root, permissions not enforced");
+        let blocked_key = Digest([0xff; 32]);
+        let blocked_entry = store.layout.entry_path(Kind::Result, &blocked_key);
+        let shard_dir = blocked_entry.parent().unwrap();
+        fs::write(shard_dir, b"not a directory").unwrap();
+        let blocked = store.put(Kind::Result, &blocked_key, b"payload");
+        assert!(blocked.is_err(), "{blocked:?}");
+        assert_eq!(
+            store.get(Kind::Result, &key).unwrap(),
+            Lookup::Hit(b"payload".to_vec())
+        );
         return;
     }
     let replace = store.put(Kind::Result, &key, b"new payload");
