@@ -334,11 +334,7 @@ fn preprocessor_mode() -> TestResult {
     sandbox.write("p.h", "#define P 1\n");
     crate::harness::settle();
     let run = |what: &str| -> TestResult {
-        let mut command = std::process::Command::new(crate::harness::hpcc_binary());
-        command
-            .args(["gcc", "-c", "p.c", "-o", "p.o"])
-            .current_dir(&sandbox.project);
-        sandbox.environment(&mut command);
+        let mut command = sandbox.hpcc_command(&["gcc", "-c", "p.c", "-o", "p.o"]);
         command.env("HPCC_MODE", "preprocessor");
         succeeded(&command.output().ctx("running hpcc")?, what)
     };

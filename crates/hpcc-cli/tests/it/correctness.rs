@@ -111,9 +111,9 @@ fn set_mtime(path: &Path, time: SystemTime) -> TestResult {
         .ctx("setting mtime")
 }
 
-/// Compiles `args` through hpcc and checks the object equals what the plain compiler makes
-/// now, so a stale hit is caught whatever the counters say.
-fn compile_matches_plain(sandbox: &Sandbox, args: &[&str], object: &str, what: &str) -> TestResult {
+/// Compiles `args` through hpcc and checks the object equals what a compile with an empty
+/// cache makes now, so a stale hit is caught whatever the counters say.
+fn compile_matches_fresh(sandbox: &Sandbox, args: &[&str], object: &str, what: &str) -> TestResult {
     succeeded(&sandbox.hpcc(args), what)?;
     let ours = sandbox.read(object);
     let plain_args: Vec<String> = args
@@ -130,9 +130,8 @@ fn compile_matches_plain(sandbox: &Sandbox, args: &[&str], object: &str, what: &
     // The plain compile runs without the injected prefix map, so compare through hpcc with
     // caching impossible instead: a fresh hpcc cache in the same project.
     let fresh = Sandbox::new();
-    let mut command = std::process::Command::new(crate::harness::hpcc_binary());
-    command.args(&plain_args).current_dir(&sandbox.project);
-    fresh.environment(&mut command);
+    let mut command = fresh.hpcc_command(&plain_args);
+    command.current_dir(&sandbox.project);
     succeeded(&command.output().ctx("running hpcc")?, "fresh compile")?;
     let expected = sandbox.read(&format!("plain-{object}"));
     ensure!(
@@ -161,7 +160,7 @@ fn same_size_and_mtime(compiler: &str) -> TestResult {
         after.len() == 12 && after.modified().ctx("mtime")? == mtime,
         "test setup: size and mtime should be unchanged"
     );
-    compile_matches_plain(&sandbox, &args, "s.o", "after the edit")?;
+    compile_matches_fresh(&sandbox, &args, "s.o", "after the edit")?;
     ensure!(sandbox.read("s.o") != old, "the edit gave the old object");
     ensure!(
         sandbox.counts() == (1, 0, 2),
@@ -182,7 +181,7 @@ fn shadow_earlier_dir(compiler: &str) -> TestResult {
     succeeded(&sandbox.hpcc(&args), "hit")?;
     sandbox.write("inc1/x.h", "#define X 1\n");
     crate::harness::settle();
-    compile_matches_plain(&sandbox, &args, "a.o", "after shadowing")?;
+    compile_matches_fresh(&sandbox, &args, "a.o", "after shadowing")?;
     ensure!(
         sandbox.counts() == (1, 0, 2),
         "the shadowing header must miss: {:?}",
@@ -207,7 +206,7 @@ fn shadow_beside_source(compiler: &str) -> TestResult {
     succeeded(&sandbox.hpcc(&args), "miss")?;
     succeeded(&sandbox.hpcc(&args), "hit")?;
     sandbox.write("src/x.h", "#define X 1\n");
-    compile_matches_plain(&sandbox, &args, "a.o", "after shadowing")?;
+    compile_matches_fresh(&sandbox, &args, "a.o", "after shadowing")?;
     ensure!(
         sandbox.counts() == (1, 0, 2),
         "the shadowing header must miss: {:?}",
@@ -225,7 +224,7 @@ fn shadow_in_new_directory(compiler: &str) -> TestResult {
     succeeded(&sandbox.hpcc(&args), "miss")?;
     succeeded(&sandbox.hpcc(&args), "hit")?;
     sandbox.write("inc1/sub/x.h", "#define X 1\n");
-    compile_matches_plain(&sandbox, &args, "a.o", "after shadowing")?;
+    compile_matches_fresh(&sandbox, &args, "a.o", "after shadowing")?;
     ensure!(
         sandbox.counts() == (1, 0, 2),
         "the shadowing header must miss: {:?}",
@@ -243,7 +242,7 @@ fn shadow_system_header() -> TestResult {
     succeeded(&sandbox.hpcc(&args), "miss")?;
     succeeded(&sandbox.hpcc(&args), "hit")?;
     sandbox.write("inc/stddef.h", "typedef unsigned short size_t;\n");
-    compile_matches_plain(&sandbox, &args, "a.o", "after shadowing")?;
+    compile_matches_fresh(&sandbox, &args, "a.o", "after shadowing")?;
     ensure!(
         sandbox.counts() == (1, 0, 2),
         "the shadowing header must miss: {:?}",
@@ -274,9 +273,7 @@ fn time_macros(compiler: &str, honours_epoch: bool) -> TestResult {
         sandbox.stats()
     );
     let with_epoch = |epoch: &str| -> Result<Vec<u8>, String> {
-        let mut command = std::process::Command::new(crate::harness::hpcc_binary());
-        command.args(args).current_dir(&sandbox.project);
-        sandbox.environment(&mut command);
+        let mut command = sandbox.hpcc_command(&args);
         command.env("SOURCE_DATE_EPOCH", epoch);
         succeeded(&command.output().ctx("running hpcc")?, "with epoch")?;
         Ok(sandbox.read("t.o"))
@@ -529,11 +526,7 @@ fn preprocessor_flags() -> TestResult {
         sandbox.write("x.c", "int f(void) { return 1; }\n");
         crate::harness::settle();
         let run = |what: &str| -> TestResult {
-            let mut command = std::process::Command::new(crate::harness::hpcc_binary());
-            command
-                .args(["gcc", "-g", flag, "-c", "x.c", "-o", "x.o"])
-                .current_dir(&sandbox.project);
-            sandbox.environment(&mut command);
+            let mut command = sandbox.hpcc_command(&["gcc", "-g", flag, "-c", "x.c", "-o", "x.o"]);
             command.env("HPCC_MODE", "preprocessor");
             succeeded(&command.output().ctx("running hpcc")?, what)
         };
