@@ -269,9 +269,11 @@ impl Job<'_> {
         key.field("mode", b"direct");
         Self::hash_args(&mut key, &prepared.rewriter, invocation.key_args());
         let source_path = self.cwd.join(&invocation.source);
-        let mut buffer = Vec::new();
-        let (_, source_digest) = includes::hash_file(&source_path, &mut buffer)
-            .with_context(|| format!("reading source {source_path:?}"))?;
+        let mut contents = includes::Contents::new(self.cache_dir);
+        let source_digest = contents
+            .of_path(&source_path)
+            .with_context(|| format!("reading source {source_path:?}"))?
+            .digest;
         key.digest("source-content", &source_digest);
         let direct_key = key.finish();
         if let Some(fields) = key.explanation() {
@@ -296,7 +298,7 @@ impl Job<'_> {
         for entry in &manifest.entries {
             // Remembering digests only pays when several entries may check the same files.
             let remember = (manifest.entries.len() > 1).then_some(&mut digests);
-            if !includes::verify(entry, root, Some(&source_stored), &mut buffer, remember)? {
+            if !includes::verify(entry, root, Some(&source_stored), &mut contents, remember)? {
                 continue;
             }
             match self.store.get(Kind::Result, &entry.result)? {
@@ -371,17 +373,21 @@ impl Job<'_> {
             // macros are treated as unpinned rather than trusting a version guess.
             let time_pinned =
                 std::env::var_os("SOURCE_DATE_EPOCH").is_some() && !prepared.identity.is_clang;
-            let recorded = includes::record(&includes::RecordInputs {
-                files: &parsed,
-                search_dirs: &search_dirs,
-                cwd: &self.cwd,
-                root,
-                compile_started: started,
-                time_pinned,
-            })?;
+            let recorded = includes::record(
+                &includes::RecordInputs {
+                    files: &parsed,
+                    search_dirs: &search_dirs,
+                    cwd: &self.cwd,
+                    root,
+                    compile_started: started,
+                    time_pinned,
+                },
+                &mut includes::Contents::new(self.cache_dir),
+            )?;
             let mut entry = match recorded {
                 Recorded::Entry(entry) => entry,
                 Recorded::TimeMacros => return Ok(Some(NotCacheable::TimeMacros)),
+                Recorded::Incbin => return Ok(Some(NotCacheable::Incbin)),
                 Recorded::Raced(path) => {
                     tracing::debug!(?path, "input changed during the compile; not storing");
                     return Ok(Some(NotCacheable::InputChanged(path.display().to_string())));
@@ -437,6 +443,7 @@ impl Job<'_> {
         );
         let started = SystemTime::now();
         let mut inputs_read = Vec::new();
+        let mut refused = None;
         if invocation.language.is_preprocessed_by_compiler() {
             let preprocessed = Command::new(self.compiler)
                 .args(&prepared.injected)
@@ -461,11 +468,17 @@ impl Job<'_> {
                 &prepared.rewriter.rewrite(&preprocessed.stdout),
             );
             inputs_read = line_marker_files(&preprocessed.stdout);
+            if includes::uses_incbin(&preprocessed.stdout) {
+                refused = Some(NotCacheable::Incbin);
+            }
         } else {
             let mut buffer = Vec::new();
             let source = self.cwd.join(&invocation.source);
             let (_, digest) = includes::hash_file(&source, &mut buffer)
                 .with_context(|| format!("reading source {source:?}"))?;
+            if includes::uses_incbin(&buffer) {
+                refused = Some(NotCacheable::Incbin);
+            }
             key.digest("source-content", &digest);
         }
         let result_key = key.finish();
@@ -493,6 +506,8 @@ impl Job<'_> {
         let mut not_stored = None;
         if exit != 0 {
             not_stored = Some(NotCacheable::CompileFailed);
+        } else if refused.is_some() {
+            not_stored = refused;
         } else if let Some(path) = includes::changed_since(
             std::iter::once(self.cwd.join(&invocation.source))
                 .chain(inputs_read.iter().map(|path| self.cwd.join(path))),

@@ -5,7 +5,12 @@
 //! appearance would shadow a header that was used. On a lookup, [`verify`] checks both: content
 //! digests are recomputed (size first, the cheap mismatch), and an absent name is re-checked
 //! only in a directory whose stamp (device, inode, mtime, ctime) changed.
+//!
+//! A file whose manifest stamp no longer matches (another checkout, a manifest written by another
+//! compile) is looked up in the machine's shared [`FileDigests`] table by its identity before it
+//! is read and hashed, so a header is hashed about once per machine rather than once per compile.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Read;
@@ -17,10 +22,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use hpcc_core::digest::Digest;
 use hpcc_core::manifest::{AbsentRecord, FileRecord, ManifestEntry, Stamp, StoredPath};
+use hpcc_store::{FileDigests, FileId, Known};
 
-/// A directory changed more recently than this before it was stamped is not trusted: a later
+/// A file changed more recently than this before it was stamped is not trusted: a later
 /// change within the same file-system timestamp tick would leave the stamp unchanged.
 const STAMP_TRUST_MARGIN: Duration = Duration::from_millis(20);
+
+/// On a file system that records whole seconds only (both nanosecond fields zero), a
+/// timestamp may be up to this much earlier than the change it records.
+const COARSE_TIMESTAMP_SLACK: i128 = 2_000_000_000;
+
+/// [`Known::flags`] bit: the content names `__TIMESTAMP__`.
+const FLAG_TIMESTAMP_MACRO: u8 = 1;
+/// [`Known::flags`] bit: the content names `__DATE__` or `__TIME__`.
+const FLAG_DATE_TIME_MACRO: u8 = 2;
+/// [`Known::flags`] bit: the content names the assembler directive `.incbin`.
+const FLAG_INCBIN: u8 = 4;
 
 /// Converts a path (absolute, or relative to `cwd`) to its stored form.
 pub fn store_path(path: &Path, cwd: &Path, root: Option<&Path>) -> StoredPath {
@@ -58,14 +75,120 @@ pub fn hash_file(path: &Path, buffer: &mut Vec<u8>) -> std::io::Result<(u64, Dig
     ))
 }
 
-/// Whether `bytes` use a macro whose value depends on when or on which file's timestamp the
-/// compile runs. `SOURCE_DATE_EPOCH` pins `__DATE__` and `__TIME__` (when the compiler honours
-/// it), never `__TIMESTAMP__`, which is the source file's mtime.
-fn has_time_macro(bytes: &[u8], time_pinned: bool) -> bool {
-    memchr::memmem::find(bytes, b"__TIMESTAMP__").is_some()
-        || (!time_pinned
-            && (memchr::memmem::find(bytes, b"__DATE__").is_some()
-                || memchr::memmem::find(bytes, b"__TIME__").is_some()))
+/// Which time macros and directives that defeat caching `bytes` name, as [`Known::flags`]
+/// bits.
+fn content_flags(bytes: &[u8]) -> u8 {
+    let mut flags = 0;
+    if uses_incbin(bytes) {
+        flags |= FLAG_INCBIN;
+    }
+    if memchr::memmem::find(bytes, b"__TIMESTAMP__").is_some() {
+        flags |= FLAG_TIMESTAMP_MACRO;
+    }
+    if memchr::memmem::find(bytes, b"__DATE__").is_some()
+        || memchr::memmem::find(bytes, b"__TIME__").is_some()
+    {
+        flags |= FLAG_DATE_TIME_MACRO;
+    }
+    flags
+}
+
+/// Whether `bytes` name the assembler directive `.incbin` (in inline assembly, most likely),
+/// which reads a file no dependency list shows.
+pub fn uses_incbin(bytes: &[u8]) -> bool {
+    memchr::memmem::find(bytes, b".incbin").is_some()
+}
+
+/// Whether content with these flags uses a macro whose value depends on when or on which
+/// file's timestamp the compile runs. `SOURCE_DATE_EPOCH` pins `__DATE__` and `__TIME__` (when
+/// the compiler honours it), never `__TIMESTAMP__`, which is the source file's mtime.
+fn has_time_macro(flags: u8, time_pinned: bool) -> bool {
+    flags & FLAG_TIMESTAMP_MACRO != 0 || (!time_pinned && flags & FLAG_DATE_TIME_MACRO != 0)
+}
+
+/// A file's content as far as caching cares.
+#[derive(Clone, Copy, Debug)]
+pub struct Content {
+    /// Size in bytes.
+    pub size: u64,
+    /// BLAKE3 of the bytes.
+    pub digest: Digest,
+    /// [`Known::flags`] bits.
+    flags: u8,
+    /// Whether the file was read (not found in the table).
+    read: bool,
+}
+
+/// Computes file digests, consulting and feeding the machine's [`FileDigests`] table.
+pub struct Contents<'a> {
+    cache_dir: &'a Path,
+    table: OnceCell<FileDigests>,
+    buffer: Vec<u8>,
+}
+
+impl<'a> Contents<'a> {
+    /// Digests backed by the table in `cache_dir`, opened on first use.
+    pub fn new(cache_dir: &'a Path) -> Contents<'a> {
+        Contents {
+            cache_dir,
+            table: OnceCell::new(),
+            buffer: Vec::new(),
+        }
+    }
+
+    fn table(&self) -> &FileDigests {
+        self.table.get_or_init(|| FileDigests::open(self.cache_dir))
+    }
+
+    /// The content of `path`, whose metadata `meta` was taken just before. A file read here is
+    /// remembered in the table only if it was unchanged across the read and old enough that a
+    /// later change must show in its timestamps.
+    pub fn of(&mut self, path: &Path, meta: &fs::Metadata) -> std::io::Result<Content> {
+        let id = file_id(meta);
+        if let Some(known) = self.table().get(&id) {
+            return Ok(Content {
+                size: id.size,
+                digest: known.digest,
+                flags: known.flags,
+                read: false,
+            });
+        }
+        let (size, digest) = hash_file(path, &mut self.buffer)?;
+        let flags = content_flags(&self.buffer);
+        let trust_limit = SystemTime::now()
+            .checked_sub(STAMP_TRUST_MARGIN)
+            .unwrap_or(UNIX_EPOCH);
+        if size == id.size && !modified_after(meta, trust_limit) {
+            if let Ok(after) = fs::metadata(path) {
+                if file_id(&after) == id {
+                    self.table().put(&id, Known { digest, flags });
+                }
+            }
+        }
+        Ok(Content {
+            size,
+            digest,
+            flags,
+            read: true,
+        })
+    }
+
+    /// Like [`Contents::of`], taking the metadata itself.
+    pub fn of_path(&mut self, path: &Path) -> std::io::Result<Content> {
+        let meta = fs::metadata(path)?;
+        self.of(path, &meta)
+    }
+}
+
+fn file_id(meta: &fs::Metadata) -> FileId {
+    let stamp = stamp_of(meta);
+    FileId {
+        dev: stamp.dev,
+        ino: stamp.ino,
+        size: meta.size(),
+        mtime_ns: stamp.mtime_ns,
+        ctime_ns: stamp.ctime_ns,
+    }
 }
 
 /// Inputs to [`record`].
@@ -93,17 +216,19 @@ pub enum Recorded {
     Entry(ManifestEntry),
     /// A file uses `__DATE__`/`__TIME__`/`__TIMESTAMP__` and the clock is not pinned.
     TimeMacros,
+    /// A file uses `.incbin`.
+    Incbin,
     /// A file changed while the compile ran; caching the result could pair it with the wrong
     /// content.
     Raced(PathBuf),
 }
 
 /// Builds the manifest entry for a finished compile.
-pub fn record(inputs: &RecordInputs<'_>) -> Result<Recorded> {
+pub fn record(inputs: &RecordInputs<'_>, contents: &mut Contents<'_>) -> Result<Recorded> {
     let mut seen = BTreeSet::new();
     let mut files = Vec::with_capacity(inputs.files.len());
     let mut absolute_files = Vec::with_capacity(inputs.files.len());
-    let mut buffer = Vec::new();
+    let mut raced = None;
     let too_new = inputs
         .compile_started
         .checked_sub(STAMP_TRUST_MARGIN)
@@ -118,28 +243,42 @@ pub fn record(inputs: &RecordInputs<'_>) -> Result<Recorded> {
             continue;
         }
         let meta = fs::metadata(&absolute).with_context(|| format!("stat {absolute:?}"))?;
-        if modified_after(&meta, too_new) {
-            return Ok(Recorded::Raced(absolute));
+        // A raced file is reported after the loop, so that a file with time macros or
+        // `.incbin` gets the same verdict however fast the build was.
+        if modified_after(&meta, too_new) && raced.is_none() {
+            raced = Some(absolute.clone());
         }
-        let (size, digest) =
-            hash_file(&absolute, &mut buffer).with_context(|| format!("reading {absolute:?}"))?;
-        if has_time_macro(&buffer, inputs.time_pinned) {
+        let content = contents
+            .of(&absolute, &meta)
+            .with_context(|| format!("reading {absolute:?}"))?;
+        if has_time_macro(content.flags, inputs.time_pinned) {
             return Ok(Recorded::TimeMacros);
         }
-        // Hashing read the file after the stat: check again that it did not change meanwhile,
-        // which also makes the stamp a faithful witness of the hashed content.
-        let after = fs::metadata(&absolute).with_context(|| format!("stat {absolute:?}"))?;
+        if content.flags & FLAG_INCBIN != 0 {
+            return Ok(Recorded::Incbin);
+        }
         let stamp = stamp_of(&meta);
-        if after.size() != size || meta.size() != size || stamp_of(&after) != stamp {
-            return Ok(Recorded::Raced(absolute));
+        if content.read {
+            // Hashing read the file after the stat: check again that it did not change
+            // meanwhile, which also makes the stamp a faithful witness of the hashed content.
+            let after = fs::metadata(&absolute).with_context(|| format!("stat {absolute:?}"))?;
+            if after.size() != content.size
+                || meta.size() != content.size
+                || stamp_of(&after) != stamp
+            {
+                raced.get_or_insert_with(|| absolute.clone());
+            }
         }
         files.push(FileRecord {
             path: store_path(&absolute, inputs.cwd, inputs.root),
-            size,
-            digest,
+            size: content.size,
+            digest: content.digest,
             stamp: Some(stamp),
         });
         absolute_files.push(absolute);
+    }
+    if let Some(path) = raced {
+        return Ok(Recorded::Raced(path));
     }
     let absent = absent_records(&absolute_files, inputs)?;
     Ok(Recorded::Entry(ManifestEntry {
@@ -164,14 +303,30 @@ pub fn changed_since(
     })
 }
 
+/// Whether `meta` says the file may have changed at or after `limit`. Timestamps with no
+/// sub-second part are taken to come from a file system with coarse timestamps, where a change
+/// up to [`COARSE_TIMESTAMP_SLACK`] later can carry the same value.
 fn modified_after(meta: &fs::Metadata, limit: SystemTime) -> bool {
     let limit_ns = limit
         .duration_since(UNIX_EPOCH)
         .map(|d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
         .unwrap_or(0);
-    let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-    let ctime = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
-    mtime >= limit_ns || ctime >= limit_ns
+    changed_at_or_after(
+        (meta.mtime(), meta.mtime_nsec()),
+        (meta.ctime(), meta.ctime_nsec()),
+        limit_ns,
+    )
+}
+
+/// [`modified_after`] on raw `(seconds, nanoseconds)` timestamps.
+fn changed_at_or_after(mtime: (i64, i64), ctime: (i64, i64), limit_ns: i128) -> bool {
+    let slack = if mtime.1 == 0 && ctime.1 == 0 {
+        COARSE_TIMESTAMP_SLACK
+    } else {
+        0
+    };
+    let ns = |(seconds, nanos): (i64, i64)| i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
+    ns(mtime) + slack >= limit_ns || ns(ctime) + slack >= limit_ns
 }
 
 /// For every search directory D and every plausible include name N of a used file, the path
@@ -302,7 +457,7 @@ pub fn verify(
     entry: &ManifestEntry,
     root: Option<&Path>,
     skip: Option<&StoredPath>,
-    buffer: &mut Vec<u8>,
+    contents: &mut Contents<'_>,
     mut digests: Option<&mut HashMap<PathBuf, Option<(u64, Digest)>>>,
 ) -> Result<bool> {
     for absent in &entry.absent {
@@ -342,7 +497,10 @@ pub fn verify(
                     Ok(meta) if file.stamp == Some(stamp_of(&meta)) => {
                         Some((file.size, file.digest))
                     }
-                    Ok(_) => hash_file(&path, buffer).ok(),
+                    Ok(meta) => contents
+                        .of(&path, &meta)
+                        .ok()
+                        .map(|content| (content.size, content.digest)),
                     Err(_) => None,
                 };
                 if let Some(digests) = digests.as_deref_mut() {
@@ -357,4 +515,54 @@ pub fn verify(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: i128 = 1_000_000_000;
+
+    #[test]
+    fn fine_timestamps_are_trusted_once_older_than_the_limit() {
+        let limit = 100 * SECOND;
+        assert!(!changed_at_or_after(
+            (99, 999_000_000),
+            (99, 999_000_000),
+            limit
+        ));
+        assert!(
+            changed_at_or_after((100, 0), (99, 1), limit),
+            "mtime at the limit"
+        );
+        assert!(
+            changed_at_or_after((99, 1), (100, 5), limit),
+            "ctime after the limit"
+        );
+    }
+
+    #[test]
+    fn whole_second_timestamps_get_slack() {
+        // A file system with one- or two-second timestamps: the change may have happened up to
+        // two seconds after what it recorded.
+        let limit = 100 * SECOND;
+        assert!(changed_at_or_after((99, 0), (99, 0), limit));
+        assert!(changed_at_or_after((98, 0), (98, 0), limit));
+        assert!(!changed_at_or_after((97, 0), (97, 0), limit));
+        assert!(
+            !changed_at_or_after((99, 0), (99, 1), limit),
+            "ctime has nanoseconds"
+        );
+    }
+
+    #[test]
+    fn content_flags_find_time_macros_and_incbin() {
+        assert_eq!(content_flags(b"int x;"), 0);
+        assert_eq!(content_flags(b"__TIMESTAMP__"), FLAG_TIMESTAMP_MACRO);
+        assert_eq!(content_flags(b"__DATE__"), FLAG_DATE_TIME_MACRO);
+        assert_eq!(content_flags(b"asm(\".incbin \\\"x\\\"\")"), FLAG_INCBIN);
+        assert!(has_time_macro(FLAG_TIMESTAMP_MACRO, true));
+        assert!(!has_time_macro(FLAG_DATE_TIME_MACRO, true));
+        assert!(has_time_macro(FLAG_DATE_TIME_MACRO, false));
+    }
 }

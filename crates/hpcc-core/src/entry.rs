@@ -1,5 +1,7 @@
 //! Stored results: everything a compile produced that a hit must reproduce.
 
+use std::borrow::Cow;
+
 use crate::wire::{Reader, WireError, Writer};
 
 const MAGIC: &[u8] = b"HPCCRES\x01";
@@ -37,25 +39,28 @@ impl SectionKind {
 }
 
 /// A compile's outputs, as stored under a result key.
+///
+/// A decoded entry borrows its sections from the stored payload: on a hit the object is written
+/// straight from the decompressed buffer, without another copy of what can be megabytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ResultEntry {
+pub struct ResultEntry<'a> {
     /// The sections, each kind at most once.
-    pub sections: Vec<(SectionKind, Vec<u8>)>,
+    pub sections: Vec<(SectionKind, Cow<'a, [u8]>)>,
 }
 
-impl ResultEntry {
+impl<'a> ResultEntry<'a> {
     /// The bytes of one section, if present.
     pub fn get(&self, kind: SectionKind) -> Option<&[u8]> {
         self.sections
             .iter()
             .find(|(k, _)| *k == kind)
-            .map(|(_, bytes)| bytes.as_slice())
+            .map(|(_, bytes)| bytes.as_ref())
     }
 
     /// Sets a section, replacing an existing one of the same kind.
     pub fn set(&mut self, kind: SectionKind, bytes: Vec<u8>) {
         self.sections.retain(|(k, _)| *k != kind);
-        self.sections.push((kind, bytes));
+        self.sections.push((kind, Cow::Owned(bytes)));
     }
 
     /// Serializes the entry.
@@ -70,7 +75,7 @@ impl ResultEntry {
     }
 
     /// Parses an entry; an unknown section kind or a repeated one is an error.
-    pub fn decode(input: &[u8]) -> Result<ResultEntry, WireError> {
+    pub fn decode(input: &'a [u8]) -> Result<ResultEntry<'a>, WireError> {
         let mut reader = Reader::new(input, MAGIC)?;
         let count = reader.count(9)?;
         let mut entry = ResultEntry::default();
@@ -81,7 +86,7 @@ impl ResultEntry {
             if entry.get(kind).is_some() {
                 return Err(WireError::Invalid(at));
             }
-            entry.sections.push((kind, bytes.to_vec()));
+            entry.sections.push((kind, Cow::Borrowed(bytes)));
         }
         reader.finish()?;
         Ok(entry)

@@ -15,6 +15,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 
+use crate::positioned::{read_up_to_at, write_all_at};
 use crate::StoreError;
 
 /// The number of coarse shards (one per first hex digit of the key).
@@ -221,47 +222,6 @@ fn read_counters(file: &File) -> io::Result<[Usage; SHARDS]> {
         usage.count = u64::from_le_bytes(count);
     }
     Ok(all)
-}
-
-/// Reads into `buf` from `offset` until it is full or the file ends.
-fn read_up_to_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let read = match read_at(file, &mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error),
-        };
-        filled += read;
-    }
-    Ok(filled)
-}
-
-#[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(file, buf, offset)
-}
-
-#[cfg(unix)]
-fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
-}
-
-// Elsewhere, positioned I/O costs a seek; the handle is private to this call, so nobody else
-// observes the moving cursor.
-#[cfg(not(unix))]
-fn read_at(mut file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    use std::io::{Read, Seek, SeekFrom};
-    file.seek(SeekFrom::Start(offset))?;
-    file.read(buf)
-}
-
-#[cfg(not(unix))]
-fn write_all_at(mut file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    file.seek(SeekFrom::Start(offset))?;
-    file.write_all(buf)
 }
 
 #[cfg(test)]

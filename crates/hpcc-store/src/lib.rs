@@ -32,16 +32,19 @@
 //! ```
 //!
 //! The on-disk entry format is described in the `format` module, the directory layout in
-//! `layout`, size accounting in `accounting` and eviction in `evict`.
+//! `layout`, size accounting in `accounting` and eviction in `evict`. [`FileDigests`] is a
+//! separate, shared table of header digests keyed by file identity.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
 mod accounting;
+pub mod digests;
 pub mod disk;
 mod error;
 mod evict;
 mod format;
 mod layout;
+mod positioned;
 
 #[cfg(test)]
 mod test_util {
@@ -59,6 +62,7 @@ mod test_util {
     }
 }
 
+pub use digests::{FileDigests, FileId, Known};
 pub use disk::{CleanReport, DiskConfig, DiskStore, EvictReport};
 pub use error::StoreError;
 pub use format::Codec;

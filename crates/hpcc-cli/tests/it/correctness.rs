@@ -61,6 +61,12 @@ pub fn cases() -> Vec<Case> {
             &[Need::Gcc],
             time_macro_in_header,
         ),
+        ("correctness::gcc_incbin_direct", &[Need::Gcc], || {
+            incbin("direct")
+        }),
+        ("correctness::gcc_incbin_preprocessor", &[Need::Gcc], || {
+            incbin("preprocessor")
+        }),
         ("correctness::gcc_split_dwarf", &[Need::Gcc], || {
             split_dwarf("gcc")
         }),
@@ -306,6 +312,51 @@ fn time_macro_in_header() -> TestResult {
         direct + preprocessor == 0,
         "a __TIME__ compile was served from the cache: {:?}",
         sandbox.counts()
+    );
+    Ok(())
+}
+
+/// `.incbin` in inline assembly reads a file that no dependency list names: such compiles are
+/// never cached, so editing the blob always shows in the object.
+fn incbin(mode: &str) -> TestResult {
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "embed.h",
+        "__asm__(\".section .rodata\\n.incbin \\\"blob.bin\\\"\\n.previous\");\n",
+    );
+    sandbox.write("t.c", "#include \"embed.h\"\nint x;\n");
+    let args = ["gcc", "-c", "t.c", "-o", "t.o"];
+    let compile = |what: &str| -> Result<Vec<u8>, String> {
+        let mut command = sandbox.hpcc_command(&args);
+        command.env("HPCC_MODE", mode);
+        succeeded(&command.output().ctx("running hpcc")?, what)?;
+        Ok(sandbox.read("t.o"))
+    };
+    sandbox.write("blob.bin", "hpcc-blob-one");
+    crate::harness::settle();
+    compile("first compile")?;
+    let object = compile("second compile")?;
+    ensure!(
+        contains(&object, b"hpcc-blob-one"),
+        "the object does not embed the blob"
+    );
+    sandbox.write("blob.bin", "hpcc-blob-two");
+    crate::harness::settle();
+    let object = compile("after editing the blob")?;
+    ensure!(
+        contains(&object, b"hpcc-blob-two"),
+        "stale object: the edited blob is not in it"
+    );
+    let (direct, preprocessor, _) = sandbox.counts();
+    ensure!(
+        direct + preprocessor == 0,
+        "an .incbin compile was served from the cache: {:?}",
+        sandbox.counts()
+    );
+    ensure!(
+        sandbox.uncacheable("incbin") == 3,
+        "expected three incbin refusals: {}",
+        sandbox.stats()
     );
     Ok(())
 }

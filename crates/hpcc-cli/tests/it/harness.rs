@@ -89,6 +89,9 @@ pub struct Sandbox {
     pub cache: PathBuf,
     /// A project directory (with a `.hpcc` marker unless `plain` was asked).
     pub project: PathBuf,
+    /// When [`Sandbox::write`] last wrote a file: hpcc commands wait until its ctime is old
+    /// enough to be trusted, so that counts of hits do not depend on how fast the test ran.
+    last_write: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Sandbox {
@@ -111,6 +114,7 @@ impl Sandbox {
             base,
             cache,
             project,
+            last_write: std::sync::Mutex::new(None),
         }
     }
 
@@ -120,7 +124,17 @@ impl Sandbox {
     pub fn write(&self, relative: &str, text: &str) -> PathBuf {
         let path = self.project.join(relative);
         write_aged(&path, text.as_bytes());
+        *self.last_write.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
         path
+    }
+
+    /// Sleeps until the last [`Sandbox::write`] is [`SETTLE`] old.
+    fn settle_writes(&self) {
+        let last = *self.last_write.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(remaining) = last.and_then(|at| SETTLE.checked_sub(at.elapsed())) {
+            std::thread::sleep(remaining);
+        }
     }
 
     /// Runs `hpcc <args>` in the project directory.
@@ -130,6 +144,7 @@ impl Sandbox {
 
     /// Runs `hpcc <args>` in `dir`.
     pub fn hpcc_in(&self, dir: &Path, args: &[&str]) -> Output {
+        self.settle_writes();
         let mut command = Command::new(hpcc_binary());
         command.args(args).current_dir(dir);
         self.environment(&mut command);
@@ -299,6 +314,7 @@ impl Sandbox {
     /// A command for `hpcc <args>` in the project directory with the isolated environment, for
     /// tests that add variables, pipe stdin or spawn several processes at once.
     pub fn hpcc_command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        self.settle_writes();
         let mut command = Command::new(hpcc_binary());
         command.args(args).current_dir(&self.project);
         self.environment(&mut command);
@@ -365,5 +381,8 @@ pub fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
 /// Waits until files written just now are old enough for hpcc to trust their timestamps
 /// (a file changed within a few milliseconds of a compile is, correctly, not cached).
 pub fn settle() {
-    std::thread::sleep(std::time::Duration::from_millis(60));
+    std::thread::sleep(SETTLE);
 }
+
+/// How long [`settle`] waits: hpcc distrusts timestamps within 20 ms of a compile.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(60);

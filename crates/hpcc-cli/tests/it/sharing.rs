@@ -25,6 +25,11 @@ pub fn cases() -> Vec<Case> {
             two_checkouts("clang", "m.c", true)
         }),
         (
+            "sharing::gcc_edit_in_moved_checkout",
+            &[Need::Gcc],
+            edit_in_moved_checkout,
+        ),
+        (
             "sharing::gcc_from_subdirectory",
             &[Need::Gcc],
             from_subdirectory,
@@ -122,6 +127,63 @@ fn two_checkouts(compiler: &str, source: &str, absolute: bool) -> TestResult {
 }
 
 /// Compiling from a build subdirectory (as CMake and make -C do) still shares.
+/// A header edited in a second checkout, keeping its size and mtime, after the second
+/// checkout's headers were verified once (so they are in the machine's digest table): the next
+/// compile must see the edit, and then hit on the edited content.
+fn edit_in_moved_checkout() -> TestResult {
+    let sandbox = Sandbox::new();
+    layout(&sandbox, "m.c");
+    let second = sandbox.base.join("another/place/project");
+    copy_tree(&sandbox.project, &second);
+    crate::harness::settle();
+    let first_args = args_for("gcc", &sandbox.project, "m.c", false);
+    succeeded(&sandbox.hpcc(&strs(&first_args)), "first checkout")?;
+    let second_args = args_for("gcc", &second, "m.c", false);
+    succeeded(&sandbox.hpcc_in(&second, &strs(&second_args)), "moved")?;
+    ensure!(
+        sandbox.counts() == (1, 0, 1),
+        "the moved checkout should hit: {:?}",
+        sandbox.counts()
+    );
+    let header = second.join("include/inc.h");
+    let mtime = std::fs::metadata(&header)
+        .ctx("stat")?
+        .modified()
+        .ctx("mtime")?;
+    std::fs::write(&header, "#define VALUE 8\n").ctx("editing the header")?;
+    std::fs::File::options()
+        .write(true)
+        .open(&header)
+        .ctx("reopening the header")?
+        .set_modified(mtime)
+        .ctx("restoring the mtime")?;
+    crate::harness::settle();
+    succeeded(
+        &sandbox.hpcc_in(&second, &strs(&second_args)),
+        "after the edit",
+    )?;
+    ensure!(
+        sandbox.counts() == (1, 0, 2),
+        "the edited header must miss: {:?}",
+        sandbox.counts()
+    );
+    let edited = std::fs::read(second.join("m.o")).ctx("reading the object")?;
+    let fresh = Sandbox::new();
+    std::fs::remove_file(second.join("m.o")).ctx("rm")?;
+    succeeded(&fresh.hpcc_in(&second, &strs(&second_args)), "fresh")?;
+    ensure!(
+        std::fs::read(second.join("m.o")).ctx("reading")? == edited,
+        "the object after the edit differs from a fresh compile"
+    );
+    succeeded(&sandbox.hpcc_in(&second, &strs(&second_args)), "again")?;
+    ensure!(
+        sandbox.counts() == (2, 0, 2),
+        "the edited content should now hit: {:?}",
+        sandbox.counts()
+    );
+    Ok(())
+}
+
 fn from_subdirectory() -> TestResult {
     let sandbox = Sandbox::new();
     layout(&sandbox, "m.c");

@@ -209,6 +209,9 @@ pub enum NotCacheable {
     /// `__DATE__`, `__TIME__` or `__TIMESTAMP__` appears in an input and no fixed
     /// `SOURCE_DATE_EPOCH` pins them.
     TimeMacros,
+    /// An input uses the assembler's `.incbin` directive: the file it includes is read by the
+    /// assembler and appears in no dependency list, so a hit could not notice it changing.
+    Incbin,
     /// The compiler failed; failures are not cached.
     CompileFailed,
     /// An input file changed while the compile ran (or within the file system's timestamp
@@ -242,6 +245,7 @@ impl NotCacheable {
             NotCacheable::MsvcExecution => "msvc_execution",
             NotCacheable::Environment(_) => "environment",
             NotCacheable::TimeMacros => "time_macros",
+            NotCacheable::Incbin => "incbin",
             NotCacheable::CompileFailed => "compile_failed",
             NotCacheable::InputChanged(_) => "input_changed",
         }
