@@ -3,7 +3,7 @@
 #
 # Times `make -jJOBS -f bench/build.mk` run inside a checkout of third-party sources, once per
 # compiler wrapper, in three phases:
-#   cold   empty cache                                                  (one build)
+#   cold   empty cache                                     (COLD_REPEAT builds, each emptied)
 #   warm   same checkout, objects deleted, cache full                   (REPEAT builds)
 #   moved  identical checkout at another absolute path, cache full      (REPEAT builds)
 # plus a "floor" row: the same make with CC=true CXX=true (make plus one trivial process per
@@ -18,6 +18,7 @@
 #   ROCKSDB_N  compile the first N RocksDB library sources     (default 40)
 #   JOBS       make -j                                         (default 2)
 #   REPEAT     builds per warm and moved phase; median and min reported  (default 5)
+#   COLD_REPEAT  cold builds, each from an emptied cache; median and min     (default 1)
 #   HPCC       hpcc binary (default: target/release/hpcc of this repository, built if missing)
 #   CCACHE, SCCACHE   ccache and sccache commands          (default: found on PATH)
 #   CORPUS     where bench/corpus.sh lays out the sources  (default ~/.cache/hpcc-bench/corpus)
@@ -32,6 +33,7 @@ SETS=${SETS:-lua zstd}
 ROCKSDB_N=${ROCKSDB_N:-40}
 JOBS=${JOBS:-2}
 REPEAT=${REPEAT:-5}
+COLD_REPEAT=${COLD_REPEAT:-1}
 OUT=${OUT:-}
 HPCC=${HPCC:-}
 CCACHE=${CCACHE:-ccache}
@@ -49,6 +51,8 @@ die() {
 # ---- arguments -------------------------------------------------------------------------------
 
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer, not '$REPEAT'"
+[[ $COLD_REPEAT =~ ^[1-9][0-9]*$ ]] ||
+  die "COLD_REPEAT must be a positive integer, not '$COLD_REPEAT'"
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || die "JOBS must be a positive integer, not '$JOBS'"
 [[ $ROCKSDB_N =~ ^[0-9]+$ ]] || die "ROCKSDB_N must be a number, not '$ROCKSDB_N'"
 read -r -a sets <<<"$SETS"
@@ -173,8 +177,8 @@ expected=$(make -s -f "$here/build.mk" SRC="$checkout" SETS="$SETS" ROCKSDB_N="$
 ((expected > 0)) || die "SETS='$SETS' ROCKSDB_N=$ROCKSDB_N selects no sources"
 sets_text="SETS='$SETS'"
 [[ " $SETS " == *" rocksdb "* ]] && sets_text+=" ROCKSDB_N=$ROCKSDB_N"
-info+=("build: $sets_text, $expected files, make -j$JOBS, REPEAT=$REPEAT")
-say "benchmark: $expected files, make -j$JOBS, REPEAT=$REPEAT, scratch $scratch"
+info+=("build: $sets_text, $expected files, make -j$JOBS, REPEAT=$REPEAT, COLD_REPEAT=$COLD_REPEAT")
+say "benchmark: $expected files, make -j$JOBS, REPEAT=$REPEAT, COLD_REPEAT=$COLD_REPEAT, scratch $scratch"
 
 # ---- measuring -------------------------------------------------------------------------------
 
@@ -279,6 +283,20 @@ run_tool() {
       ;;
     hpcc) tool_env=(HPCC_CACHE_DIR="$cache" HPCC_CONFIG="$scratch/no-hpcc-config.toml") ;;
   esac
+  # Empties the cache between cold builds (sccache's server keeps an index, so it restarts).
+  empty_cache() {
+    if [[ $tool == sccache ]]; then
+      env "${tool_env[@]}" "$sccache_bin" --stop-server >/dev/null 2>&1 || true
+    fi
+    rm -rf "$cache"
+    mkdir -p "$cache"
+    if [[ $tool == sccache ]]; then
+      env "${tool_env[@]}" "$sccache_bin" --start-server >/dev/null 2>&1 || {
+        echo "sccache --start-server failed" >"$log"
+        return 1
+      }
+    fi
+  }
   if [[ $tool == ccache || $tool == sccache || $tool == hpcc ]]; then
     cc="${bin[$tool]} gcc" cxx="${bin[$tool]} g++"
   fi
@@ -289,8 +307,11 @@ run_tool() {
     [[ -n $with_stats ]] && { stats_zero "$tool" || return 1; }
     times=()
     runs=$REPEAT
-    [[ $phase == cold ]] && runs=1
+    [[ $phase == cold ]] && runs=$COLD_REPEAT
     for ((i = 1; i <= runs; i++)); do
+      if [[ $phase == cold ]] && ((i > 1)); then
+        empty_cache || return 1
+      fi
       if [[ $phase == moved ]]; then
         next_moved_checkout
         dir=$moved
@@ -309,10 +330,13 @@ run_tool() {
     result[$tool.$phase]=$median
     result[$tool.${phase}_min]=$min
     result[$tool.${phase}_n]=${#times[@]}
-    [[ $phase == cold ]] && cold=$elapsed
+    [[ $phase == cold ]] && cold=$median
     if [[ -n $with_stats ]]; then
       counters=$(stats_read "$tool") || counters="- - - -"
       builds=${#times[@]}
+      # Emptying the cache between cold builds also empties the tools' counters: they cover
+      # the last cold build only.
+      [[ $phase == cold ]] && builds=1
       size=-
       [[ $phase == cold ]] && size=$(du -sk "$cache" | awk '{ printf "%.1f", $1 / 1024 }')
       stats_rows+=("$tool $phase $builds $((builds * expected)) $counters $size")
@@ -363,15 +387,16 @@ report() {
   echo
   for line in "${info[@]}"; do echo "- $line"; done
   echo
-  echo "Wall seconds of \`make -j$JOBS\` run inside the checkout; warm and moved: median and"
+  echo "Wall seconds of \`make -j$JOBS\` run inside the checkout; cold: median of $COLD_REPEAT"
+  echo "build(s), each from an empty cache (min in the next column); warm and moved: median and"
   echo "minimum of up to $REPEAT builds. Ratios compare medians (cold with cold)."
   echo
-  echo "| tool | cold | warm | warm min | moved | moved min | cold / plain cold | warm / ccache warm | moved / ccache moved |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| tool | cold | cold min | warm | warm min | moved | moved min | cold / plain cold | warm / ccache warm | moved / ccache moved |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   for tool in floor plain ccache sccache hpcc; do
     [[ $tool == floor ]] || wants "$tool" || continue
     if [[ -n ${result[$tool.failed]:-} ]]; then
-      echo "| $tool | FAILED | | | | | | | |"
+      echo "| $tool | FAILED | | | | | | | | |"
       continue
     fi
     [[ -n ${result[$tool.cold]:-} ]] || continue
@@ -380,8 +405,9 @@ report() {
       ratios=("$(ratio "$tool.cold" plain.cold)" "$(ratio "$tool.warm" ccache.warm)"
         "$(ratio "$tool.moved" ccache.moved)")
     fi
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$tool" \
-      "$(seconds "$tool.cold")" "$(seconds "$tool.warm")" "$(seconds "$tool.warm_min")" \
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$tool" \
+      "$(seconds "$tool.cold")" "$(seconds "$tool.cold_min")" \
+      "$(seconds "$tool.warm")" "$(seconds "$tool.warm_min")" \
       "$(seconds "$tool.moved")" "$(seconds "$tool.moved_min")" "${ratios[@]}"
   done
   echo

@@ -5,13 +5,14 @@
 //! produced for *this* invocation (object, dependency file, `.dwo`, `.gcno`, stdout, stderr and
 //! exit code); when in doubt, it is a miss.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
@@ -23,6 +24,7 @@ use hpcc_core::manifest::Manifest;
 use hpcc_core::project::RootRewriter;
 use hpcc_store::{DiskStore, Kind, Lookup};
 
+use crate::caller::Caller;
 use crate::deps;
 use crate::identity::{self, Identity};
 use crate::includes::{self, Recorded};
@@ -81,8 +83,30 @@ pub struct Job<'a> {
     pub cache_dir: &'a Path,
     /// The store inside it.
     pub store: &'a DiskStore,
-    /// The current directory.
-    pub cwd: PathBuf,
+    /// Who asked: directory, environment, mask, terminal.
+    pub caller: &'a Caller,
+    /// What the compile printed (or a hit replays), for the caller to print.
+    printed: RefCell<Printed>,
+    /// Where the caller's directory is, for brevity.
+    cwd: &'a Path,
+}
+
+/// What a compile printed, to be written to the caller's stdout and stderr.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Printed {
+    /// Bytes for stdout.
+    pub stdout: Vec<u8>,
+    /// Bytes for stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// A compile served through the cache: how, and what to print.
+#[derive(Debug)]
+pub struct Served {
+    /// How it was served.
+    pub outcome: Outcome,
+    /// What to print.
+    pub printed: Printed,
 }
 
 struct Prepared {
@@ -93,10 +117,39 @@ struct Prepared {
     common_key: KeyHasher,
 }
 
-impl Job<'_> {
+impl<'a> Job<'a> {
+    /// A job for `invocation` of `compiler` on behalf of `caller`.
+    pub fn new(
+        compiler: &'a Path,
+        invocation: &'a CompileInvocation,
+        config: &'a Config,
+        cache_dir: &'a Path,
+        store: &'a DiskStore,
+        caller: &'a Caller,
+    ) -> Job<'a> {
+        Job {
+            compiler,
+            invocation,
+            config,
+            cache_dir,
+            store,
+            caller,
+            printed: RefCell::new(Printed::default()),
+            cwd: &caller.cwd,
+        }
+    }
+
     /// Runs the compile through the cache. An `Err` means nothing was run yet: the caller
-    /// runs the compiler itself.
-    pub fn run(&self) -> Result<Outcome> {
+    /// runs the compiler itself. Nothing is printed: [`Served::printed`] is for the caller.
+    pub fn run(&self) -> Result<Served> {
+        let outcome = self.serve()?;
+        Ok(Served {
+            outcome,
+            printed: self.printed.take(),
+        })
+    }
+
+    fn serve(&self) -> Result<Outcome> {
         // A source that cannot be read is the compiler's error to report, not the cache's: run
         // it as is, so the exit code and message are the compiler's and stats say why.
         if let Err(error) = fs::File::open(self.cwd.join(&self.invocation.source)) {
@@ -106,7 +159,7 @@ impl Job<'_> {
             let mut result = ResultEntry::default();
             result.set(SectionKind::Stdout, output.stdout);
             result.set(SectionKind::Stderr, output.stderr);
-            replay(&result);
+            self.replay(&result);
             let reason = if exit == 0 {
                 NotCacheable::InputChanged(self.invocation.source.display().to_string())
             } else {
@@ -166,8 +219,8 @@ impl Job<'_> {
             ColorRequest::Always => true,
             ColorRequest::Never => false,
             ColorRequest::Auto => {
-                let colour_terminal = std::io::stderr().is_terminal()
-                    && std::env::var_os("TERM").is_some_and(|term| term != "dumb");
+                let colour_terminal = self.caller.stderr_is_terminal
+                    && self.caller.var("TERM").is_some_and(|term| term != "dumb");
                 if colour_terminal {
                     // The compiler's stderr is a pipe to us; ask it for what a terminal gets.
                     injected.push(OsString::from("-fdiagnostics-color=always"));
@@ -211,7 +264,7 @@ impl Job<'_> {
             &rewriter.rewrite(source_path.as_os_str().as_bytes()),
         );
         for name in KEY_ENVIRONMENT {
-            if let Some(value) = std::env::var_os(name) {
+            if let Some(value) = self.caller.var(name) {
                 // As a digest, so that explaining a key never prints an environment value.
                 key.digest(name, &hpcc_core::digest::Digest::of(value.as_bytes()));
             }
@@ -279,7 +332,7 @@ impl Job<'_> {
         if let Some(fields) = key.explanation() {
             tracing::debug!(key = %direct_key.to_hex(), ?fields, "direct key");
         }
-        let source_stored = includes::store_path(&source_path, &self.cwd, root);
+        let source_stored = includes::store_path(&source_path, self.cwd, root);
 
         let mut corrupt = false;
         let mut manifest = match self.store.get(Kind::Manifest, &direct_key)? {
@@ -343,7 +396,7 @@ impl Job<'_> {
             if let Some(path) = &own_dep_file {
                 let _ = fs::remove_file(path);
             }
-            replay(&result);
+            self.replay(&result);
             return Ok(Outcome::Miss {
                 exit,
                 not_stored: Some(NotCacheable::CompileFailed),
@@ -372,12 +425,12 @@ impl Job<'_> {
             // GCC (since 7) honours SOURCE_DATE_EPOCH; Clang only from 16, so for Clang the
             // macros are treated as unpinned rather than trusting a version guess.
             let time_pinned =
-                std::env::var_os("SOURCE_DATE_EPOCH").is_some() && !prepared.identity.is_clang;
+                self.caller.var("SOURCE_DATE_EPOCH").is_some() && !prepared.identity.is_clang;
             let recorded = includes::record(
                 &includes::RecordInputs {
                     files: &parsed,
                     search_dirs: &search_dirs,
-                    cwd: &self.cwd,
+                    cwd: self.cwd,
                     root,
                     compile_started: started,
                     time_pinned,
@@ -411,7 +464,7 @@ impl Job<'_> {
         if let Some(path) = &own_dep_file {
             let _ = fs::remove_file(path);
         }
-        replay(&result);
+        self.replay(&result);
         let not_stored = match stored {
             Ok(reason) => reason,
             Err(error) => {
@@ -445,11 +498,12 @@ impl Job<'_> {
         let mut inputs_read = Vec::new();
         let mut refused = None;
         if invocation.language.is_preprocessed_by_compiler() {
-            let preprocessed = Command::new(self.compiler)
+            let preprocessed = self
+                .caller
+                .command(self.compiler)
                 .args(&prepared.injected)
                 .args(invocation.preprocessor_words())
                 .arg("-E")
-                .current_dir(&self.cwd)
                 .stdin(Stdio::null())
                 .stderr(Stdio::null())
                 .output()
@@ -457,7 +511,7 @@ impl Job<'_> {
             if !preprocessed.status.success() {
                 anyhow::bail!("the preprocessor failed");
             }
-            if std::env::var_os("SOURCE_DATE_EPOCH").is_none()
+            if self.caller.var("SOURCE_DATE_EPOCH").is_none()
                 && memchr::memmem::find(&preprocessed.stdout, b"__TIMESTAMP__").is_some()
             {
                 // Cannot happen after expansion; kept as a guard against odd preprocessors.
@@ -524,7 +578,7 @@ impl Job<'_> {
             tracing::warn!("not storing the result: {error:#}");
             crate::record_error("store");
         }
-        replay(&result);
+        self.replay(&result);
         Ok(Outcome::Miss {
             exit,
             not_stored,
@@ -533,25 +587,43 @@ impl Job<'_> {
     }
 
     fn compile(&self, injected: &[OsString], extra: &[OsString]) -> Result<std::process::Output> {
-        Command::new(self.compiler)
+        let output = self
+            .caller
+            .command(self.compiler)
             .args(injected)
             .args(self.invocation.original_words())
             .args(extra)
-            .current_dir(&self.cwd)
             .stdin(Stdio::inherit())
             .output()
-            .with_context(|| format!("running {:?}", self.compiler))
+            .with_context(|| format!("running {:?}", self.compiler))?;
+        if output.status.success() {
+            // The compiler ran under this process's mask; give its files the caller's.
+            let invocation = self.invocation;
+            let mut written = vec![self.cwd.join(&invocation.output)];
+            written.extend(invocation.dep.as_ref().map(|dep| self.cwd.join(&dep.path)));
+            if invocation.split_dwarf {
+                written.push(self.cwd.join(invocation.dwo_path()));
+            }
+            if invocation.coverage {
+                written.push(self.cwd.join(invocation.gcno_path()));
+            }
+            for path in written {
+                let _ = self.caller.set_output_permissions(&path);
+            }
+        }
+        Ok(output)
     }
 
     /// Writes the full dependency list to `path` with a preprocessor-only run.
     fn dependency_pass(&self, injected: &[OsString], path: &Path) -> Result<()> {
-        let status = Command::new(self.compiler)
+        let status = self
+            .caller
+            .command(self.compiler)
             .args(injected)
             .args(self.invocation.preprocessor_words())
             .arg("-M")
             .arg("-MF")
             .arg(path)
-            .current_dir(&self.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -586,7 +658,7 @@ impl Job<'_> {
             }
         }
         for name in ["CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH"] {
-            if let Some(value) = std::env::var_os(name) {
+            if let Some(value) = self.caller.var(name) {
                 // As a digest, so that explaining a key never prints an environment value.
                 key.digest(name, &hpcc_core::digest::Digest::of(value.as_bytes()));
             }
@@ -597,6 +669,7 @@ impl Job<'_> {
             other => other.gnu_name(),
         };
         let system = identity::system_include_dirs(
+            self.caller,
             self.compiler,
             self.cache_dir,
             &key.finish(),
@@ -667,49 +740,67 @@ impl Job<'_> {
         if invocation.coverage && result.get(SectionKind::Gcno).is_none() {
             return Ok(false);
         }
-        write_output(&self.cwd.join(&invocation.output), object)?;
+        self.write_output(&self.cwd.join(&invocation.output), object)?;
         if let (Some(dep), Some(text)) = (&invocation.dep, dep_text) {
-            write_output(&self.cwd.join(&dep.path), &text)?;
+            self.write_output(&self.cwd.join(&dep.path), &text)?;
         }
         if let Some(dwo) = result.get(SectionKind::Dwo) {
-            write_output(&self.cwd.join(invocation.dwo_path()), dwo)?;
+            self.write_output(&self.cwd.join(invocation.dwo_path()), dwo)?;
         }
         if let Some(gcno) = result.get(SectionKind::Gcno) {
-            write_output(&self.cwd.join(invocation.gcno_path()), gcno)?;
+            self.write_output(&self.cwd.join(invocation.gcno_path()), gcno)?;
         }
-        replay(result);
+        self.replay(result);
         Ok(true)
+    }
+
+    /// Writes `bytes` to `path` through a temporary sibling and a rename, so a reader never
+    /// sees half an object, with the permissions the compiler would have given it.
+    ///
+    /// The old file is unlinked first. Renaming over an existing file makes ext4 (with its
+    /// default `auto_da_alloc`) start writeback of the new file at once, which costs a rebuild
+    /// far more than the moment in which no file exists; the compiler itself truncates in
+    /// place, so no build can rely on the old file surviving a compile.
+    fn write_output(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let temp = temp_sibling(path, "tmp");
+        let result = fs::write(&temp, bytes)
+            .and_then(|()| self.caller.set_output_permissions(&temp))
+            .and_then(|()| {
+                match fs::remove_file(path) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(error)
+                    }
+                    _ => {}
+                }
+                fs::rename(&temp, path)
+            });
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result.with_context(|| format!("writing {path:?}"))
+    }
+
+    /// Keeps what `result` printed for the caller.
+    fn replay(&self, result: &ResultEntry) {
+        let mut printed = self.printed.borrow_mut();
+        if let Some(stdout) = result.get(SectionKind::Stdout) {
+            printed.stdout.extend_from_slice(stdout);
+        }
+        if let Some(stderr) = result.get(SectionKind::Stderr) {
+            printed.stderr.extend_from_slice(stderr);
+        }
     }
 }
 
-/// A temporary path beside `path` (same directory, so same file system), unique per process.
+/// A temporary path beside `path` (same directory, so same file system), unique per call.
 fn temp_sibling(path: &Path, extension: &str) -> PathBuf {
     let mut name = OsString::from(".");
     name.push(path.file_name().unwrap_or(OsStr::new("out")));
-    name.push(format!(".hpcc-{}.{extension}", std::process::id()));
+    // Unique per process and per call: the daemon runs many jobs in one process.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let serial = NEXT.fetch_add(1, Ordering::Relaxed);
+    name.push(format!(".hpcc-{}-{serial}.{extension}", std::process::id()));
     path.with_file_name(name)
-}
-
-/// Writes `bytes` to `path` through a temporary sibling and a rename: a reader never sees half
-/// an object.
-///
-/// The old file is unlinked first. Renaming over an existing file makes ext4 (with its default
-/// `auto_da_alloc`) start writeback of the new file at once, which costs a rebuild far more than
-/// the moment in which no file exists; the compiler itself truncates in place, so no build can
-/// rely on the old file surviving a compile.
-fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temp = temp_sibling(path, "tmp");
-    let result = fs::write(&temp, bytes).and_then(|()| {
-        match fs::remove_file(path) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
-            _ => {}
-        }
-        fs::rename(&temp, path)
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.with_context(|| format!("writing {path:?}"))
 }
 
 /// Whether `word` makes `-E` print something other than the translation unit the compile
@@ -750,19 +841,4 @@ fn line_marker_files(preprocessed: &[u8]) -> Vec<PathBuf> {
         }
     }
     files
-}
-
-fn replay(result: &ResultEntry) {
-    if let Some(stdout) = result.get(SectionKind::Stdout) {
-        if !stdout.is_empty() {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(stdout);
-            let _ = out.flush();
-        }
-    }
-    if let Some(stderr) = result.get(SectionKind::Stderr) {
-        if !stderr.is_empty() {
-            let _ = std::io::stderr().lock().write_all(stderr);
-        }
-    }
 }

@@ -16,6 +16,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use hpcc_core::digest::{Digest, KeyHasher};
 
+use crate::caller::Caller;
+
 /// A compiler's identity and the facts learned alongside it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -93,8 +95,21 @@ fn read_valid(record: &Path) -> Option<Identity> {
     (files > 0).then_some(Identity { digest, is_clang })
 }
 
+/// A command for the compiler in a fixed environment: the identity must not depend on who asked
+/// first (a language setting would change `--version`; the daemon and a wrapper must agree).
+/// Variables that do change what the compiler runs (`GCC_EXEC_PREFIX`, `COMPILER_PATH`) are part
+/// of every key instead.
+fn neutral_command(compiler: &Path) -> Command {
+    let mut command = Command::new(compiler);
+    command
+        .env_clear()
+        .env("LC_ALL", "C")
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    command
+}
+
 fn compute(compiler: &Path) -> Result<(Identity, Vec<PathBuf>)> {
-    let version = Command::new(compiler)
+    let version = neutral_command(compiler)
         .arg("--version")
         .stdin(Stdio::null())
         .output()
@@ -109,7 +124,7 @@ fn compute(compiler: &Path) -> Result<(Identity, Vec<PathBuf>)> {
     if !is_clang {
         // GCC's driver runs cc1/cc1plus; their content matters as much as the driver's.
         for program in ["cc1", "cc1plus"] {
-            let found = Command::new(compiler)
+            let found = neutral_command(compiler)
                 .arg(format!("-print-prog-name={program}"))
                 .stdin(Stdio::null())
                 .output()
@@ -142,6 +157,7 @@ fn compute(compiler: &Path) -> Result<(Identity, Vec<PathBuf>)> {
 /// The compiler's own include directories (`#include <...>` and `"..."` chains it reports under
 /// `-v`), for the given language and the options that can change them. Cached under `key`.
 pub fn system_include_dirs(
+    caller: &Caller,
     compiler: &Path,
     cache_dir: &Path,
     key: &Digest,
@@ -156,7 +172,8 @@ pub fn system_include_dirs(
             return Ok(body.lines().map(PathBuf::from).collect());
         }
     }
-    let output = Command::new(compiler)
+    let output = caller
+        .command(compiler)
         .args(words)
         .args(["-x", language, "-E", "-v", "-"])
         .stdin(Stdio::null())

@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod cache;
+mod caller;
 mod commands;
 mod deps;
 mod find;
@@ -131,8 +132,8 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
         count(&[(&uncacheable("environment"), 1)]);
         return exec(&compiler, &args);
     }
-    let cwd = match std::env::current_dir() {
-        Ok(cwd) => cwd,
+    let caller = match caller::Caller::current() {
+        Ok(caller) => caller,
         Err(_) => return exec(&compiler, &args),
     };
     let store = match DiskStore::open(&settings.cache_dir, settings.disk_config()) {
@@ -144,28 +145,38 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
             return exec(&compiler, &args);
         }
     };
-    let job = cache::Job {
-        compiler: &compiler,
-        invocation: &invocation,
-        config: &settings.config,
-        cache_dir: &settings.cache_dir,
-        store: &store,
-        cwd,
+    let job = cache::Job::new(
+        &compiler,
+        &invocation,
+        &settings.config,
+        &settings.cache_dir,
+        &store,
+        &caller,
+    );
+    let served = match job.run() {
+        Ok(served) => served,
+        Err(error) => {
+            tracing::warn!("cache failed, running the compiler: {error:#}");
+            record_error("cache");
+            count(&[]);
+            return exec(&compiler, &args);
+        }
     };
-    match job.run() {
-        Ok(cache::Outcome::DirectHit) => {
+    print(&served.printed);
+    match served.outcome {
+        cache::Outcome::DirectHit => {
             count(&[(stats::names::DIRECT_HIT, 1)]);
             ExitCode::SUCCESS
         }
-        Ok(cache::Outcome::PreprocessorHit) => {
+        cache::Outcome::PreprocessorHit => {
             count(&[(stats::names::PREPROCESSOR_HIT, 1)]);
             ExitCode::SUCCESS
         }
-        Ok(cache::Outcome::Miss {
+        cache::Outcome::Miss {
             exit,
             not_stored,
             corrupt,
-        }) => {
+        } => {
             let reason = not_stored.map(|reason| uncacheable(reason.as_str()));
             // Every lookup that found nothing is a miss; when the result could not be stored
             // either, the reason is counted too, so `stats` explains a miss that repeats.
@@ -179,12 +190,19 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
             count(&counts);
             ExitCode::from(u8::try_from(exit & 0xff).unwrap_or(1))
         }
-        Err(error) => {
-            tracing::warn!("cache failed, running the compiler: {error:#}");
-            record_error("cache");
-            count(&[]);
-            exec(&compiler, &args)
-        }
+    }
+}
+
+/// Writes what a compile printed to this process's stdout and stderr.
+fn print(printed: &cache::Printed) {
+    use std::io::Write;
+    if !printed.stdout.is_empty() {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&printed.stdout);
+        let _ = out.flush();
+    }
+    if !printed.stderr.is_empty() {
+        let _ = std::io::stderr().lock().write_all(&printed.stderr);
     }
 }
 

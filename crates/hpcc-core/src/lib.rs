@@ -18,6 +18,7 @@ pub mod config;
 pub mod depfile;
 pub mod digest;
 pub mod entry;
+pub mod ipc;
 pub mod manifest;
 pub mod project;
 pub mod wire;
