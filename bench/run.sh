@@ -67,8 +67,8 @@ tools=("$@")
 ((${#tools[@]} > 0)) || tools=(plain ccache sccache hpcc)
 for tool in "${tools[@]}"; do
   case $tool in
-    plain | ccache | sccache | hpcc) ;;
-    *) die "unknown tool '$tool' (expected plain, ccache, sccache, hpcc)" ;;
+    plain | ccache | sccache | hpcc | hpcc-daemon) ;;
+    *) die "unknown tool '$tool' (expected plain, ccache, sccache, hpcc, hpcc-daemon)" ;;
   esac
 done
 
@@ -92,7 +92,7 @@ wants() { # is tool $1 among the arguments?
   return 1
 }
 
-if wants hpcc && [[ -z $HPCC ]]; then
+if { wants hpcc || wants hpcc-daemon; } && [[ -z $HPCC ]]; then
   target=${CARGO_TARGET_DIR:-target}
   [[ $target == /* ]] || target=$repo/$target
   HPCC=$target/release/hpcc
@@ -109,7 +109,8 @@ fi
 hpcc_bin=
 [[ -n $HPCC ]] && hpcc_bin=$(resolve "$HPCC")
 
-declare -A bin=([plain]=gcc [ccache]=$ccache_bin [sccache]=$sccache_bin [hpcc]=$hpcc_bin)
+declare -A bin=([plain]=gcc [ccache]=$ccache_bin [sccache]=$sccache_bin [hpcc]=$hpcc_bin
+  [hpcc-daemon]=$hpcc_bin)
 skipped=()
 runnable=()
 for tool in "${tools[@]}"; do
@@ -136,7 +137,7 @@ info=(
 )
 wants ccache && [[ -n $ccache_bin ]] && info+=("ccache: $(first_line "$ccache_bin" --version)")
 wants sccache && [[ -n $sccache_bin ]] && info+=("sccache: $(first_line "$sccache_bin" --version)")
-if wants hpcc && [[ -n $hpcc_bin ]]; then
+if { wants hpcc || wants hpcc-daemon; } && [[ -n $hpcc_bin ]]; then
   commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
   info+=("hpcc: $(first_line "$hpcc_bin" --version) ($hpcc_bin; repository HEAD at run time: $commit)")
 fi
@@ -148,9 +149,13 @@ CORPUS=$(cd "$CORPUS" && pwd)
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/hpcc-bench.XXXXXX")
 sccache_up=
+hpcc_daemon_env=()
 cleanup() {
   if [[ -n $sccache_up ]]; then
     SCCACHE_SERVER_PORT=$sccache_port "$sccache_bin" --stop-server >/dev/null 2>&1 || true
+  fi
+  if ((${#hpcc_daemon_env[@]} > 0)); then
+    env "${hpcc_daemon_env[@]}" "$hpcc_bin" stop >/dev/null 2>&1 || true
   fi
   rm -rf "$scratch"
 }
@@ -220,14 +225,14 @@ median_min() {
 # Hit and miss counters of a wrapper's cache as "hits direct misses other" ("-" if unknown).
 stats_zero() {
   case $1 in
-    hpcc) env "${tool_env[@]}" "$hpcc_bin" stats --zero >/dev/null 2>&1 ;;
+    hpcc*) env "${tool_env[@]}" "$hpcc_bin" stats --zero >/dev/null 2>&1 ;;
     ccache) env "${tool_env[@]}" "$ccache_bin" --zero-stats >/dev/null 2>&1 ;;
     sccache) env "${tool_env[@]}" "$sccache_bin" --zero-stats >/dev/null 2>&1 ;;
   esac
 }
 stats_read() {
   case $1 in
-    hpcc)
+    hpcc*)
       # Pretty-printed JSON: pick the counters, and add up the uncacheable and error maps.
       env "${tool_env[@]}" "$hpcc_bin" stats --json | awk '
         /"(uncacheable|errors)": \{/ { inmap = !/\}/; next }
@@ -281,12 +286,26 @@ run_tool() {
         return 1
       }
       ;;
-    hpcc) tool_env=(HPCC_CACHE_DIR="$cache" HPCC_CONFIG="$scratch/no-hpcc-config.toml") ;;
+    hpcc)
+      tool_env=(HPCC_CACHE_DIR="$cache" HPCC_CONFIG="$scratch/no-hpcc-config.toml"
+        HPCC_DAEMON_ENABLED=false)
+      ;;
+    hpcc-daemon)
+      # A daemon of its own (private runtime directory), started before the cold build.
+      mkdir -p -m 0700 "$scratch/run"
+      tool_env=(HPCC_CACHE_DIR="$cache" HPCC_CONFIG="$scratch/no-hpcc-config.toml"
+        HPCC_DAEMON_ENABLED=true HPCC_DAEMON_AUTOSTART=false XDG_RUNTIME_DIR="$scratch/run")
+      hpcc_daemon_env=("${tool_env[@]}")
+      env "${tool_env[@]}" "$hpcc_bin" start >/dev/null 2>"$log" || return 1
+      ;;
   esac
   # Empties the cache between cold builds (sccache's server keeps an index, so it restarts).
   empty_cache() {
     if [[ $tool == sccache ]]; then
       env "${tool_env[@]}" "$sccache_bin" --stop-server >/dev/null 2>&1 || true
+    fi
+    if [[ $tool == hpcc-daemon ]]; then
+      env "${tool_env[@]}" "$hpcc_bin" stop >/dev/null 2>&1 || true
     fi
     rm -rf "$cache"
     mkdir -p "$cache"
@@ -296,12 +315,15 @@ run_tool() {
         return 1
       }
     fi
+    if [[ $tool == hpcc-daemon ]]; then
+      env "${tool_env[@]}" "$hpcc_bin" start >/dev/null 2>"$log" || return 1
+    fi
   }
-  if [[ $tool == ccache || $tool == sccache || $tool == hpcc ]]; then
+  if [[ $tool == ccache || $tool == sccache || $tool == hpcc* ]]; then
     cc="${bin[$tool]} gcc" cxx="${bin[$tool]} g++"
   fi
   local with_stats=
-  [[ $tool == ccache || $tool == sccache || $tool == hpcc ]] && with_stats=yes
+  [[ $tool == ccache || $tool == sccache || $tool == hpcc* ]] && with_stats=yes
 
   for phase in cold warm moved; do
     [[ -n $with_stats ]] && { stats_zero "$tool" || return 1; }
@@ -345,6 +367,10 @@ run_tool() {
   if [[ $tool == sccache ]]; then
     env "${tool_env[@]}" "$sccache_bin" --stop-server >/dev/null 2>&1 || true
     sccache_up=
+  fi
+  if [[ $tool == hpcc-daemon ]]; then
+    env "${tool_env[@]}" "$hpcc_bin" stop >/dev/null 2>&1 || true
+    hpcc_daemon_env=()
   fi
   rm -rf "$cache"
 }
@@ -393,7 +419,7 @@ report() {
   echo
   echo "| tool | cold | cold min | warm | warm min | moved | moved min | cold / plain cold | warm / ccache warm | moved / ccache moved |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
-  for tool in floor plain ccache sccache hpcc; do
+  for tool in floor plain ccache sccache hpcc hpcc-daemon; do
     [[ $tool == floor ]] || wants "$tool" || continue
     if [[ -n ${result[$tool.failed]:-} ]]; then
       echo "| $tool | FAILED | | | | | | | | |"
@@ -413,23 +439,26 @@ report() {
   echo
   echo "floor: the same make with CC=true CXX=true. † ran once: it took over a fifth of the cold"
   echo "time (a rebuild: the cache missed), so it was not repeated."
-  if [[ -n ${result[hpcc.cold]:-} ]]; then
+  local hpcc_row
+  for hpcc_row in hpcc hpcc-daemon; do
+    [[ -n ${result[$hpcc_row.cold]:-} ]] || continue
     echo
-    echo "hpcc against the others (medians):"
+    echo "$hpcc_row against the others (medians):"
     echo
     local pair
     for pair in "cold plain.cold" "cold ccache.cold" "warm ccache.warm" "moved ccache.moved" \
       "warm sccache.warm" "moved sccache.moved" "warm floor.warm" "moved floor.moved"; do
       read -r phase other <<<"$pair"
       [[ -n ${result[$other]:-} ]] || continue
-      echo "- hpcc $phase / ${other%.*} ${other#*.}: $(ratio "hpcc.$phase" "$other")"
+      echo "- $hpcc_row $phase / ${other%.*} ${other#*.}: $(ratio "$hpcc_row.$phase" "$other")"
     done
     if [[ -n ${result[ccache.warm]:-} ]]; then
-      awk -v h="$(get hpcc.warm)" -v c="$(get ccache.warm)" -v f="$(get floor.warm)" 'BEGIN {
-        if (c - f > 0) printf "- hpcc warm above floor / ccache warm above floor: %.2f (%.3f s vs %.3f s)\n",
-          (h - f) / (c - f), h - f, c - f }'
+      awk -v name="$hpcc_row" -v h="$(get "$hpcc_row.warm")" -v c="$(get ccache.warm)" \
+        -v f="$(get floor.warm)" 'BEGIN {
+        if (c - f > 0) printf "- %s warm above floor / ccache warm above floor: %.2f (%.3f s vs %.3f s)\n",
+          name, (h - f) / (c - f), h - f, c - f }'
     fi
-  fi
+  done
   if ((${#stats_rows[@]} > 0)); then
     echo
     echo "Cache counters per phase (the wrapper's own statistics, zeroed before each phase):"

@@ -26,6 +26,7 @@ use hpcc_store::{DiskStore, Kind, Lookup};
 
 use crate::caller::Caller;
 use crate::deps;
+use crate::hot::HotFiles;
 use crate::identity::{self, Identity};
 use crate::includes::{self, Recorded};
 
@@ -69,6 +70,14 @@ pub enum Outcome {
         /// A cache entry found corrupt (and removed) on the way.
         corrupt: bool,
     },
+    /// Lookup only ([`Job::lookup_only`]): not in the cache, nothing was run.
+    NotFound {
+        /// The key that was looked up (direct or preprocessor), naming this compile for
+        /// in-flight deduplication; `None` when there is none (an unreadable source).
+        key: Option<hpcc_core::digest::Digest>,
+        /// A cache entry found corrupt (and removed) on the way.
+        corrupt: bool,
+    },
 }
 
 /// Everything about one compile that the flow needs.
@@ -87,6 +96,10 @@ pub struct Job<'a> {
     pub caller: &'a Caller,
     /// What the compile printed (or a hit replays), for the caller to print.
     printed: RefCell<Printed>,
+    /// The daemon's hot-file table, when the daemon runs this job.
+    hot: Option<&'a HotFiles>,
+    /// Stop after the lookup: a miss is [`Outcome::NotFound`] and runs nothing.
+    lookup_only: bool,
     /// Where the caller's directory is, for brevity.
     cwd: &'a Path,
 }
@@ -135,8 +148,18 @@ impl<'a> Job<'a> {
             store,
             caller,
             printed: RefCell::new(Printed::default()),
+            hot: None,
+            lookup_only: false,
             cwd: &caller.cwd,
         }
+    }
+
+    /// Looks up only: a hit is served, a miss returns [`Outcome::NotFound`] without running
+    /// anything. `hot` is the daemon's table of files known unchanged.
+    pub fn lookup_only(mut self, hot: Option<&'a HotFiles>) -> Job<'a> {
+        self.lookup_only = true;
+        self.hot = hot;
+        self
     }
 
     /// Runs the compile through the cache. An `Err` means nothing was run yet: the caller
@@ -153,6 +176,12 @@ impl<'a> Job<'a> {
         // A source that cannot be read is the compiler's error to report, not the cache's: run
         // it as is, so the exit code and message are the compiler's and stats say why.
         if let Err(error) = fs::File::open(self.cwd.join(&self.invocation.source)) {
+            if self.lookup_only {
+                return Ok(Outcome::NotFound {
+                    key: None,
+                    corrupt: false,
+                });
+            }
             tracing::debug!(%error, "source unreadable; running the compiler as is");
             let output = self.compile(&[], &[])?;
             let exit = output.status.code().unwrap_or(1);
@@ -322,11 +351,10 @@ impl<'a> Job<'a> {
         key.field("mode", b"direct");
         Self::hash_args(&mut key, &prepared.rewriter, invocation.key_args());
         let source_path = self.cwd.join(&invocation.source);
-        let mut contents = includes::Contents::new(self.cache_dir);
+        let mut contents = includes::Contents::new(self.cache_dir).with_hot(self.hot);
         let source_digest = contents
-            .of_path(&source_path)
-            .with_context(|| format!("reading source {source_path:?}"))?
-            .digest;
+            .digest_of_path(&source_path)
+            .with_context(|| format!("reading source {source_path:?}"))?;
         key.digest("source-content", &source_digest);
         let direct_key = key.finish();
         if let Some(fields) = key.explanation() {
@@ -358,6 +386,7 @@ impl<'a> Job<'a> {
                 Lookup::Hit(bytes) => match ResultEntry::decode(&bytes) {
                     Ok(result) => {
                         if self.restore(&result, prepared)? {
+                            contents.commit_hot();
                             return Ok(Outcome::DirectHit);
                         }
                     }
@@ -369,6 +398,14 @@ impl<'a> Job<'a> {
                 Lookup::Corrupt => corrupt = true,
                 Lookup::Miss => {}
             }
+        }
+
+        contents.commit_hot();
+        if self.lookup_only {
+            return Ok(Outcome::NotFound {
+                key: Some(direct_key),
+                corrupt,
+            });
         }
 
         // Miss: compile, asking for a full dependency list to learn which files were read.
@@ -551,6 +588,12 @@ impl<'a> Job<'a> {
             },
             Lookup::Corrupt => corrupt = true,
             Lookup::Miss => {}
+        }
+        if self.lookup_only {
+            return Ok(Outcome::NotFound {
+                key: Some(result_key),
+                corrupt,
+            });
         }
         let output = self.compile(&prepared.injected, &[])?;
         let exit = output.status.code().unwrap_or(1);

@@ -33,6 +33,8 @@ usage: hpcc <compiler> [compiler args...]   compile through the cache
        hpcc config                          show the config file and resolved settings
        hpcc clean                           empty the local cache
        hpcc wrap DIR                        create compiler symlinks in DIR; prints the PATH line
+       hpcc daemon                          run the local daemon in the foreground
+       hpcc start | stop | status           start it in the background, stop it, show it
        hpcc --version | --help
 
 A symlink named gcc, g++, cc, c++, clang, clang++ pointing at hpcc also works: it finds the
@@ -51,6 +53,10 @@ pub fn dispatch(first: &OsStr, rest: &[OsString]) -> Option<ExitCode> {
         "config" => config_command(rest),
         "clean" => clean_command(rest),
         "wrap" => wrap_command(rest),
+        "daemon" => daemon_command(rest),
+        "start" => start_command(rest),
+        "stop" => stop_command(rest),
+        "status" => return Some(status_command(rest)),
         "--version" | "-V" | "version" => {
             say!("hpcc {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -93,6 +99,8 @@ fn stats_command(rest: &[OsString]) -> Result<()> {
         }
     }
     let settings = Settings::load()?;
+    // A running daemon keeps recent counts in memory for a moment; have it write them first.
+    crate::daemon::client::flush_stats(&settings);
     if zero {
         stats::zero(&settings.cache_dir)?;
         say!("statistics zeroed");
@@ -207,6 +215,65 @@ fn clean_command(rest: &[OsString]) -> Result<()> {
     let report = store.clean()?;
     say!("removed {report:?} from {}", settings.cache_dir.display());
     Ok(())
+}
+
+fn daemon_command(rest: &[OsString]) -> Result<()> {
+    no_arguments("daemon", rest)?;
+    crate::daemon::server::run(Settings::load()?)
+}
+
+fn start_command(rest: &[OsString]) -> Result<()> {
+    no_arguments("start", rest)?;
+    say!(
+        "hpcc daemon: {}",
+        crate::daemon::client::start(&Settings::load()?)?
+    );
+    Ok(())
+}
+
+fn stop_command(rest: &[OsString]) -> Result<()> {
+    no_arguments("stop", rest)?;
+    say!(
+        "hpcc daemon: {}",
+        crate::daemon::client::stop(&Settings::load()?)?
+    );
+    Ok(())
+}
+
+/// `hpcc status`: exit 0 and the daemon's state if one answers, else exit 1.
+fn status_command(rest: &[OsString]) -> ExitCode {
+    let result = no_arguments("status", rest)
+        .and_then(|()| Settings::load())
+        .map(|settings| crate::daemon::client::status(&settings));
+    match result {
+        Ok(Ok(status)) => {
+            say!("hpcc daemon {} running, pid {}", status.version, status.pid);
+            say!("endpoint               {}", status.endpoint);
+            say!("cache directory        {}", status.cache_dir);
+            say!(
+                "uptime                 {:.1} s",
+                status.uptime_ms as f64 / 1000.0
+            );
+            say!("compile requests       {}", status.requests);
+            say!(
+                "compiles running       {} of {}",
+                status.compiles_running,
+                status.max_jobs
+            );
+            say!("requests waiting       {}", status.waiting);
+            say!("hot files              {}", status.hot_files);
+            say!("watched directories    {}", status.watched_dirs);
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => {
+            say!("hpcc daemon: not running ({error:#})");
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("hpcc: {error:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn wrap_command(rest: &[OsString]) -> Result<()> {

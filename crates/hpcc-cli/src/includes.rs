@@ -24,6 +24,8 @@ use hpcc_core::digest::Digest;
 use hpcc_core::manifest::{AbsentRecord, FileRecord, ManifestEntry, Stamp, StoredPath};
 use hpcc_store::{FileDigests, FileId, Known};
 
+use crate::hot::{self, HotFiles, Ticket, Verified};
+
 /// A file changed more recently than this before it was stamped is not trusted: a later
 /// change within the same file-system timestamp tick would leave the stamp unchanged.
 const STAMP_TRUST_MARGIN: Duration = Duration::from_millis(20);
@@ -119,11 +121,20 @@ pub struct Content {
     read: bool,
 }
 
-/// Computes file digests, consulting and feeding the machine's [`FileDigests`] table.
+/// Computes file digests, consulting and feeding the machine's [`FileDigests`] table and, in the
+/// daemon, its [`HotFiles`].
 pub struct Contents<'a> {
     cache_dir: &'a Path,
     table: OnceCell<FileDigests>,
     buffer: Vec<u8>,
+    hot: Option<HotSession<'a>>,
+}
+
+/// The hot-file table of a daemon request: its ticket and what the request verified.
+struct HotSession<'a> {
+    files: &'a HotFiles,
+    ticket: Ticket,
+    verified: Vec<Verified>,
 }
 
 impl<'a> Contents<'a> {
@@ -133,7 +144,61 @@ impl<'a> Contents<'a> {
             cache_dir,
             table: OnceCell::new(),
             buffer: Vec::new(),
+            hot: None,
         }
+    }
+
+    /// Also trusts and feeds `files`, the daemon's hot-file table; reads its events now.
+    pub fn with_hot(mut self, files: Option<&'a HotFiles>) -> Contents<'a> {
+        self.hot = files.map(|files| HotSession {
+            files,
+            ticket: files.sync(),
+            verified: Vec::new(),
+        });
+        self
+    }
+
+    /// Records in the hot-file table what this lookup verified.
+    pub fn commit_hot(&mut self) {
+        if let Some(session) = &mut self.hot {
+            let verified = std::mem::take(&mut session.verified);
+            session.files.commit(session.ticket, verified);
+        }
+    }
+
+    /// The size and digest of `path` if the hot table knows it; otherwise makes sure a later
+    /// change will be seen (the watch comes before the caller's look).
+    fn hot_file(&self, path: &Path) -> Option<(u64, Digest)> {
+        let session = self.hot.as_ref()?;
+        let known = session.files.file(path);
+        if known.is_none() {
+            session.files.watch(path);
+        }
+        known
+    }
+
+    /// Notes that `path` was just verified to have this size and digest.
+    fn note_file(&mut self, path: &Path, size: u64, digest: Digest) {
+        if let Some(session) = &mut self.hot {
+            if let Ok(meta) = fs::symlink_metadata(path) {
+                session.verified.push(Verified::File {
+                    path: path.to_path_buf(),
+                    size,
+                    digest,
+                    meta,
+                });
+            }
+        }
+    }
+
+    /// The digest of `path`'s content, from the hot table when it knows the file.
+    pub fn digest_of_path(&mut self, path: &Path) -> std::io::Result<Digest> {
+        if let Some((_, digest)) = self.hot_file(path) {
+            return Ok(digest);
+        }
+        let content = self.of_path(path)?;
+        self.note_file(path, content.size, content.digest);
+        Ok(content.digest)
     }
 
     fn table(&self) -> &FileDigests {
@@ -464,18 +529,30 @@ pub fn verify(
         let Some(dir) = resolve(&absent.dir, root) else {
             return Ok(false);
         };
-        if let Some(stamp) = absent.stamp {
-            if let Ok(meta) = fs::metadata(&dir) {
-                if stamp_of(&meta) == stamp {
+        let hot_names = match &contents.hot {
+            Some(session) => {
+                let names = hot::names_digest(&absent.names);
+                if session.files.absent(&dir, &names) {
                     continue;
+                }
+                // Watched before the look, so that an entry created after it is an event.
+                session.files.watch_dir(&dir).then_some(names)
+            }
+            None => None,
+        };
+        let unchanged = absent
+            .stamp
+            .is_some_and(|stamp| fs::metadata(&dir).is_ok_and(|meta| stamp_of(&meta) == stamp));
+        if !unchanged {
+            for name in &absent.names {
+                let candidate = dir.join(std::ffi::OsStr::from_bytes(name));
+                if fs::symlink_metadata(&candidate).is_ok() {
+                    return Ok(false);
                 }
             }
         }
-        for name in &absent.names {
-            let candidate = dir.join(std::ffi::OsStr::from_bytes(name));
-            if fs::symlink_metadata(&candidate).is_ok() {
-                return Ok(false);
-            }
+        if let (Some(names), Some(session)) = (hot_names, &mut contents.hot) {
+            session.verified.push(Verified::Absent { dir, names });
         }
     }
     for file in &entry.files {
@@ -488,11 +565,11 @@ pub fn verify(
         let remembered = digests
             .as_ref()
             .and_then(|digests| digests.get(&path).copied());
-        let known = match remembered {
+        let known = match remembered.or_else(|| contents.hot_file(&path).map(Some)) {
             Some(known) => known,
             None => {
                 let computed = match fs::metadata(&path) {
-                    Ok(meta) if meta.len() != file.size => Some((meta.len(), Digest::default())),
+                    Ok(meta) if meta.len() != file.size => None,
                     // Unchanged since it was hashed on this machine: see `FileRecord::stamp`.
                     Ok(meta) if file.stamp == Some(stamp_of(&meta)) => {
                         Some((file.size, file.digest))
@@ -503,6 +580,9 @@ pub fn verify(
                         .map(|content| (content.size, content.digest)),
                     Err(_) => None,
                 };
+                if let Some((size, digest)) = computed {
+                    contents.note_file(&path, size, digest);
+                }
                 if let Some(digests) = digests.as_deref_mut() {
                     digests.insert(path.clone(), computed);
                 }

@@ -13,20 +13,23 @@
 mod cache;
 mod caller;
 mod commands;
+mod daemon;
 mod deps;
 mod find;
+mod hot;
 mod identity;
 mod includes;
 mod settings;
 mod stats;
 
+use std::cell::RefCell;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::sync::Mutex;
 
-use hpcc_core::args::{self, Classification};
+use hpcc_core::args::{self, Classification, NotCacheable};
 use hpcc_store::DiskStore;
 
 /// Error kinds noticed during this run, added to the stats at the end.
@@ -95,20 +98,33 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
         }
         return exec(&compiler, &args);
     }
-    let count = |counts: &[(&str, u64)]| {
-        if settings.config.stats {
-            let mut all: Vec<(&str, u64)> = counts.to_vec();
-            let errors = ERRORS.lock().map(|e| e.clone()).unwrap_or_default();
-            let names: Vec<String> = errors
-                .iter()
-                .map(|kind| format!("{}.{kind}", stats::names::ERRORS))
-                .collect();
-            all.extend(names.iter().map(|name| (name.as_str(), 1)));
-            if let Err(error) = stats::add(&settings.cache_dir, &all) {
-                tracing::debug!("cannot record stats: {error:#}");
+    // A compile slot held from the daemon: the outcome's counts go to it (with the output of
+    // a failed compile, for identical compiles waiting on this one).
+    let lease: RefCell<Option<daemon::client::Lease>> = RefCell::new(None);
+    let report = |counts: &[(&str, u64)], failure: Option<(i32, &cache::Printed)>| {
+        if !settings.config.stats {
+            if let Some(lease) = lease.take() {
+                lease.finish(&[], failure);
+            }
+            return;
+        }
+        let mut all: Vec<(&str, u64)> = counts.to_vec();
+        let errors = ERRORS.lock().map(|e| e.clone()).unwrap_or_default();
+        let names: Vec<String> = errors
+            .iter()
+            .map(|kind| format!("{}.{kind}", stats::names::ERRORS))
+            .collect();
+        all.extend(names.iter().map(|name| (name.as_str(), 1)));
+        if let Some(lease) = lease.take() {
+            if lease.finish(&all, failure) {
+                return;
             }
         }
+        if let Err(error) = stats::add(&settings.cache_dir, &all) {
+            tracing::debug!("cannot record stats: {error:#}");
+        }
     };
+    let count = |counts: &[(&str, u64)]| report(counts, None);
     let uncacheable = |reason: &str| format!("{}.{reason}", stats::names::UNCACHEABLE);
     let Some(kind) = hpcc_core::compiler::detect(&compiler)
         .or_else(|| hpcc_core::compiler::detect(Path::new(program)))
@@ -136,6 +152,16 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
         Ok(caller) => caller,
         Err(_) => return exec(&compiler, &args),
     };
+    if settings.config.daemon.enabled {
+        match daemon::client::request_compile(&settings, &compiler, &args, &caller) {
+            daemon::client::Answer::Served { exit, printed } => {
+                print(&printed);
+                return exit_code(exit);
+            }
+            daemon::client::Answer::CompileHere(granted) => *lease.borrow_mut() = Some(granted),
+            daemon::client::Answer::Unavailable => {}
+        }
+    }
     let store = match DiskStore::open(&settings.cache_dir, settings.disk_config()) {
         Ok(store) => store,
         Err(error) => {
@@ -177,7 +203,9 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
             not_stored,
             corrupt,
         } => {
-            let reason = not_stored.map(|reason| uncacheable(reason.as_str()));
+            let reason = not_stored
+                .as_ref()
+                .map(|reason| uncacheable(reason.as_str()));
             // Every lookup that found nothing is a miss; when the result could not be stored
             // either, the reason is counted too, so `stats` explains a miss that repeats.
             let mut counts = vec![(stats::names::MISS, 1)];
@@ -187,10 +215,22 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
             if corrupt {
                 counts.push((stats::names::CORRUPT, 1));
             }
-            count(&counts);
-            ExitCode::from(u8::try_from(exit & 0xff).unwrap_or(1))
+            let failed = matches!(not_stored, Some(NotCacheable::CompileFailed));
+            report(&counts, failed.then_some((exit, &served.printed)));
+            exit_code(exit)
+        }
+        cache::Outcome::NotFound { .. } => {
+            // Only a lookup-only job (the daemon's) answers this.
+            record_error("cache");
+            count(&[]);
+            exec(&compiler, &args)
         }
     }
+}
+
+/// The exit code for a compiler's exit status (a signal, or anything out of range, is 1).
+fn exit_code(exit: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(exit & 0xff).unwrap_or(1))
 }
 
 /// Writes what a compile printed to this process's stdout and stderr.

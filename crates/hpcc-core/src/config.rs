@@ -38,6 +38,49 @@ pub enum Compression {
     Zstd,
 }
 
+/// How the wrapper reaches the local daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// A Unix domain socket (mode 0600) in the user's runtime directory.
+    #[default]
+    Unix,
+    /// Loopback TCP; every connection presents the daemon's random token, kept in a 0600 file.
+    Tcp,
+}
+
+/// The `[daemon]` table: the local daemon that serves hits from memory-held state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Use a running daemon (`false`: every compile is served in-process).
+    pub enabled: bool,
+    /// Start the daemon in the background when a compile finds none running.
+    pub autostart: bool,
+    /// Seconds without a request after which the daemon exits (0: never).
+    pub idle_timeout: u64,
+    /// Compiles the daemon lets run at once (0: the number of CPUs).
+    pub max_jobs: u32,
+    /// Unix socket or loopback TCP.
+    pub transport: Transport,
+    /// Milliseconds the wrapper waits for any frame from the daemon before compiling by
+    /// itself (a waiting daemon sends a frame every second).
+    pub reply_timeout_ms: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> DaemonConfig {
+        DaemonConfig {
+            enabled: true,
+            autostart: true,
+            idle_timeout: 1800,
+            max_jobs: 0,
+            transport: Transport::Unix,
+            reply_timeout_ms: 10_000,
+        }
+    }
+}
+
 /// A byte count written as `1048576`, `"512M"`, `"5G"` or `"5GiB"` (binary units).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
@@ -128,6 +171,8 @@ pub struct Config {
     pub file_prefix_map: bool,
     /// Record statistics.
     pub stats: bool,
+    /// The local daemon.
+    pub daemon: DaemonConfig,
 }
 
 impl Default for Config {
@@ -141,6 +186,7 @@ impl Default for Config {
             disable: false,
             file_prefix_map: true,
             stats: true,
+            daemon: DaemonConfig::default(),
         }
     }
 }
@@ -246,10 +292,51 @@ where
             "DISABLE" => config.disable = parse_bool(name, value)?,
             "FILE_PREFIX_MAP" => config.file_prefix_map = parse_bool(name, value)?,
             "STATS" => config.stats = parse_bool(name, value)?,
+            "DAEMON_ENABLED" => config.daemon.enabled = parse_bool(name, value)?,
+            "DAEMON_AUTOSTART" => config.daemon.autostart = parse_bool(name, value)?,
+            "DAEMON_IDLE_TIMEOUT" => {
+                config.daemon.idle_timeout = parse_number(name, value, "seconds, 0 for never")?
+            }
+            "DAEMON_MAX_JOBS" => {
+                config.daemon.max_jobs = u32::try_from(parse_number(
+                    name,
+                    value,
+                    "a number of compiles, 0 for the CPU count",
+                )?)
+                .map_err(|_| ConfigError::InvalidValue {
+                    key: name.into(),
+                    value: value.into(),
+                    expected: "a number of compiles, 0 for the CPU count",
+                })?
+            }
+            "DAEMON_TRANSPORT" => {
+                config.daemon.transport = match value {
+                    "unix" => Transport::Unix,
+                    "tcp" => Transport::Tcp,
+                    _ => {
+                        return Err(ConfigError::InvalidValue {
+                            key: name.into(),
+                            value: value.into(),
+                            expected: "unix or tcp",
+                        })
+                    }
+                }
+            }
+            "DAEMON_REPLY_TIMEOUT_MS" => {
+                config.daemon.reply_timeout_ms = parse_number(name, value, "milliseconds")?
+            }
             _ => return Err(ConfigError::UnknownVariable(name.into())),
         }
     }
     Ok(config)
+}
+
+fn parse_number(name: &str, value: &str, expected: &'static str) -> Result<u64, ConfigError> {
+    value.trim().parse().map_err(|_| ConfigError::InvalidValue {
+        key: name.into(),
+        value: value.into(),
+        expected,
+    })
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
@@ -325,6 +412,43 @@ mod tests {
         let error =
             merge_env(Config::default(), [("HPCC_DISABLE", "maybe")]).expect_err("bad bool");
         assert!(error.to_string().contains("maybe"), "{error}");
+    }
+
+    #[test]
+    fn daemon_table_and_variables() {
+        let config = parse_file(
+            Path::new("c.toml"),
+            "[daemon]\nautostart = false\nidle_timeout = 60\ntransport = \"tcp\"\n",
+        )
+        .expect("valid daemon table");
+        assert!(!config.daemon.autostart);
+        assert_eq!(config.daemon.idle_timeout, 60);
+        assert_eq!(config.daemon.transport, Transport::Tcp);
+        assert!(config.daemon.enabled, "unset keys keep their defaults");
+        let error = parse_file(Path::new("c.toml"), "[daemon]\nautostrat = false\n")
+            .expect_err("unknown daemon key");
+        assert!(error.to_string().contains("autostrat"), "{error}");
+        let merged = merge_env(
+            Config::default(),
+            [
+                ("HPCC_DAEMON_ENABLED", "0"),
+                ("HPCC_DAEMON_MAX_JOBS", "3"),
+                ("HPCC_DAEMON_REPLY_TIMEOUT_MS", "250"),
+            ],
+        )
+        .expect("valid daemon variables");
+        assert!(!merged.daemon.enabled);
+        assert_eq!(merged.daemon.max_jobs, 3);
+        assert_eq!(merged.daemon.reply_timeout_ms, 250);
+        for (name, value) in [
+            ("HPCC_DAEMON_MAX_JOBS", "-1"),
+            ("HPCC_DAEMON_MAX_JOBS", "99999999999"),
+            ("HPCC_DAEMON_TRANSPORT", "udp"),
+            ("HPCC_DAEMON_IDLE_TIMEOUT", "soon"),
+        ] {
+            let error = merge_env(Config::default(), [(name, value)]).expect_err(value);
+            assert!(error.to_string().contains(name), "{error}");
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum Need {
     NotRoot,
     /// cmake on PATH (for the launcher-style test).
     Cmake,
+    /// GNU make on PATH.
+    Make,
 }
 
 fn on_path(program: &str) -> bool {
@@ -50,6 +52,7 @@ pub fn missing(needs: &[Need]) -> Option<String> {
             Need::Root => (!is_root()).then_some("needs root (mounts a tmpfs)"),
             Need::NotRoot => is_root().then_some("running as root: permission bits not enforced"),
             Need::Cmake => (!on_path("cmake")).then_some("cmake not installed"),
+            Need::Make => (!on_path("make")).then_some("make not installed"),
         };
         if let Some(reason) = unmet {
             return Some(reason.to_owned());
@@ -92,6 +95,10 @@ pub struct Sandbox {
     /// When [`Sandbox::write`] last wrote a file: hpcc commands wait until its ctime is old
     /// enough to be trusted, so that counts of hits do not depend on how fast the test ran.
     last_write: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Whether hpcc may use a daemon (its own: `XDG_RUNTIME_DIR` is private to the sandbox).
+    daemon: bool,
+    /// Extra variables for every hpcc run (daemon settings).
+    extra_env: Vec<(String, String)>,
 }
 
 impl Sandbox {
@@ -102,9 +109,30 @@ impl Sandbox {
         sandbox
     }
 
+    /// A sandbox whose hpcc runs use a daemon (not started automatically; see
+    /// [`Sandbox::start_daemon`]), with these extra `HPCC_*` settings. The daemon is stopped
+    /// when the sandbox is dropped. Its project has no marker, so objects equal the plain
+    /// compiler's. It lives under the target directory rather than `/tmp`, whose constant
+    /// directory churn would keep the daemon's hot-file table empty.
+    pub fn with_daemon(settings: &[(&str, &str)]) -> Sandbox {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        fs::create_dir_all(&base).expect("creating the target tmp dir");
+        let temp = tempfile::tempdir_in(base).expect("creating a temporary directory");
+        let mut sandbox = Sandbox::from_temp(temp);
+        sandbox.daemon = true;
+        sandbox.extra_env = settings
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        sandbox
+    }
+
     /// A sandbox whose project has no marker.
     pub fn plain() -> Sandbox {
-        let temp = tempfile::tempdir().expect("creating a temporary directory");
+        Sandbox::from_temp(tempfile::tempdir().expect("creating a temporary directory"))
+    }
+
+    fn from_temp(temp: tempfile::TempDir) -> Sandbox {
         let base = temp.path().to_path_buf();
         let cache = base.join("cache");
         let project = base.join("project");
@@ -115,6 +143,8 @@ impl Sandbox {
             cache,
             project,
             last_write: std::sync::Mutex::new(None),
+            daemon: false,
+            extra_env: Vec::new(),
         }
     }
 
@@ -164,7 +194,56 @@ impl Sandbox {
             .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("DEPENDENCIES_OUTPUT")
             .env_remove("SUNPRO_DEPENDENCIES")
-            .env("LC_ALL", "C");
+            .env("LC_ALL", "C")
+            // Each sandbox has its own runtime directory, so its own daemon if any.
+            .env("XDG_RUNTIME_DIR", self.base.join("run"))
+            .env(
+                "HPCC_DAEMON_ENABLED",
+                if self.daemon { "true" } else { "false" },
+            )
+            .env("HPCC_DAEMON_AUTOSTART", "false");
+        for (name, value) in &self.extra_env {
+            command.env(name, value);
+        }
+    }
+
+    /// `hpcc start`, checked.
+    pub fn start_daemon(&self) -> TestResult {
+        let out = self.hpcc(&["start"]);
+        succeeded(&out, "hpcc start")
+    }
+
+    /// The pid of the daemon holding this sandbox's lock, from its lock file.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let run = self.base.join("run").join("hpcc");
+        let entries = fs::read_dir(run).ok()?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension() == Some(OsStr::new("lock")) {
+                if let Ok(text) = fs::read_to_string(&path) {
+                    if let Ok(pid) = text.trim().parse() {
+                        return Some(pid);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The files in this sandbox's daemon runtime directory with `extension`.
+    pub fn runtime_files(&self, extension: &str) -> Vec<PathBuf> {
+        let run = self.base.join("run").join("hpcc");
+        let mut found: Vec<PathBuf> = fs::read_dir(run)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| entry.path())
+                    .filter(|path| path.extension() == Some(OsStr::new(extension)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found
     }
 
     /// Runs the plain compiler in the project directory.
@@ -212,6 +291,31 @@ impl Sandbox {
         fs::read(self.project.join(relative))
             .unwrap_or_else(|error| panic!("reading {relative}: {error}"))
     }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.daemon {
+            let _ = self.hpcc(&["stop"]);
+            // A daemon that was stopped with SIGSTOP or cannot answer is killed.
+            if let Some(pid) = self.daemon_pid() {
+                if process_alive(pid) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
+        }
+    }
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            // The state follows the parenthesized command name.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 /// Writes `bytes` to `path` and ages its timestamps by ten seconds.

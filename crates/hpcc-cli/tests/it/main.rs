@@ -12,9 +12,11 @@
 //! - `sharing`: two checkouts at different paths share hits and byte-identical objects.
 //! - `robustness`: concurrency, read-only and full cache directories, bad config.
 //! - `invocation`: masquerade symlinks, `hpcc wrap`, launcher style, commands.
+//! - `daemon`: the local daemon as real processes: lifecycle, refusals, dedup, faults.
 
 mod basic;
 mod correctness;
+mod daemon;
 mod deps;
 mod harness;
 mod invocation;
@@ -39,6 +41,7 @@ fn main() {
     cases.extend(sharing::cases());
     cases.extend(robustness::cases());
     cases.extend(invocation::cases());
+    cases.extend(daemon::cases());
     let trials = cases
         .into_iter()
         .map(|(name, needs, body)| {
