@@ -25,6 +25,9 @@ demo_cache=$(mktemp -d)
 work=$(mktemp -d)
 trap 'rm -rf "$demo_cache" "$work"' EXIT
 export HPCC_CACHE_DIR=$demo_cache
+# The first compile starts the daemon in the background (daemon.autostart); the demo's cache is
+# temporary, so its daemon is stopped at the end.
+trap 'hpcc stop >/dev/null 2>&1 || true; rm -rf "$demo_cache" "$work"' EXIT
 cp -r "$repo/examples/hello/." "$work/"
 cd "$work"
 echo
@@ -38,3 +41,5 @@ make --no-print-directory CC="hpcc gcc"
 ./hello
 echo
 hpcc stats
+echo
+hpcc status || true

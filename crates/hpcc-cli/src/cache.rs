@@ -22,7 +22,7 @@ use hpcc_core::digest::KeyHasher;
 use hpcc_core::entry::{ResultEntry, SectionKind};
 use hpcc_core::manifest::Manifest;
 use hpcc_core::project::RootRewriter;
-use hpcc_store::{DiskStore, Kind, Lookup};
+use hpcc_store::{DiskStore, Fetched, Kind, Lookup, MemoryTier};
 
 use crate::caller::Caller;
 use crate::deps;
@@ -100,6 +100,8 @@ pub struct Job<'a> {
     hot: Option<&'a HotFiles>,
     /// Stop after the lookup: a miss is [`Outcome::NotFound`] and runs nothing.
     lookup_only: bool,
+    /// The daemon's memory tier in front of the store.
+    memory: Option<&'a MemoryTier>,
     /// Where the caller's directory is, for brevity.
     cwd: &'a Path,
 }
@@ -150,16 +152,43 @@ impl<'a> Job<'a> {
             printed: RefCell::new(Printed::default()),
             hot: None,
             lookup_only: false,
+            memory: None,
             cwd: &caller.cwd,
         }
     }
 
     /// Looks up only: a hit is served, a miss returns [`Outcome::NotFound`] without running
-    /// anything. `hot` is the daemon's table of files known unchanged.
-    pub fn lookup_only(mut self, hot: Option<&'a HotFiles>) -> Job<'a> {
+    /// anything. `hot` is the daemon's table of files known unchanged, `memory` its tier of
+    /// payloads in front of the store.
+    pub fn lookup_only(
+        mut self,
+        hot: Option<&'a HotFiles>,
+        memory: Option<&'a MemoryTier>,
+    ) -> Job<'a> {
         self.lookup_only = true;
         self.hot = hot;
+        self.memory = memory;
         self
+    }
+
+    /// Reads an entry through the memory tier, if there is one.
+    fn fetch(&self, kind: Kind, key: &hpcc_core::digest::Digest) -> Result<Fetched> {
+        Ok(match self.memory {
+            Some(memory) => memory.get(self.store, kind, key)?,
+            None => match self.store.get(kind, key)? {
+                Lookup::Hit(bytes) => Fetched::Hit(std::sync::Arc::new(bytes)),
+                Lookup::Miss => Fetched::Miss,
+                Lookup::Corrupt => Fetched::Corrupt,
+            },
+        })
+    }
+
+    /// Removes an entry that did not decode, from memory and disk.
+    fn discard(&self, kind: Kind, key: &hpcc_core::digest::Digest) {
+        if let Some(memory) = self.memory {
+            memory.forget(kind, key);
+        }
+        let _ = self.store.remove(kind, key);
     }
 
     /// Runs the compile through the cache. An `Err` means nothing was run yet: the caller
@@ -363,17 +392,17 @@ impl<'a> Job<'a> {
         let source_stored = includes::store_path(&source_path, self.cwd, root);
 
         let mut corrupt = false;
-        let mut manifest = match self.store.get(Kind::Manifest, &direct_key)? {
-            Lookup::Hit(bytes) => Manifest::decode(&bytes).unwrap_or_else(|_| {
+        let mut manifest = match self.fetch(Kind::Manifest, &direct_key)? {
+            Fetched::Hit(bytes) => Manifest::decode(&bytes).unwrap_or_else(|_| {
                 corrupt = true;
-                let _ = self.store.remove(Kind::Manifest, &direct_key);
+                self.discard(Kind::Manifest, &direct_key);
                 Manifest::default()
             }),
-            Lookup::Corrupt => {
+            Fetched::Corrupt => {
                 corrupt = true;
                 Manifest::default()
             }
-            Lookup::Miss => Manifest::default(),
+            Fetched::Miss => Manifest::default(),
         };
         let mut digests = HashMap::new();
         for entry in &manifest.entries {
@@ -382,8 +411,8 @@ impl<'a> Job<'a> {
             if !includes::verify(entry, root, Some(&source_stored), &mut contents, remember)? {
                 continue;
             }
-            match self.store.get(Kind::Result, &entry.result)? {
-                Lookup::Hit(bytes) => match ResultEntry::decode(&bytes) {
+            match self.fetch(Kind::Result, &entry.result)? {
+                Fetched::Hit(bytes) => match ResultEntry::decode(&bytes) {
                     Ok(result) => {
                         if self.restore(&result, prepared)? {
                             contents.commit_hot();
@@ -392,11 +421,11 @@ impl<'a> Job<'a> {
                     }
                     Err(_) => {
                         corrupt = true;
-                        let _ = self.store.remove(Kind::Result, &entry.result);
+                        self.discard(Kind::Result, &entry.result);
                     }
                 },
-                Lookup::Corrupt => corrupt = true,
-                Lookup::Miss => {}
+                Fetched::Corrupt => corrupt = true,
+                Fetched::Miss => {}
             }
         }
 
@@ -574,8 +603,8 @@ impl<'a> Job<'a> {
         }
         let result_key = key.finish();
         let mut corrupt = false;
-        match self.store.get(Kind::Result, &result_key)? {
-            Lookup::Hit(bytes) => match ResultEntry::decode(&bytes) {
+        match self.fetch(Kind::Result, &result_key)? {
+            Fetched::Hit(bytes) => match ResultEntry::decode(&bytes) {
                 Ok(result) => {
                     if self.restore(&result, prepared)? {
                         return Ok(Outcome::PreprocessorHit);
@@ -583,11 +612,11 @@ impl<'a> Job<'a> {
                 }
                 Err(_) => {
                     corrupt = true;
-                    let _ = self.store.remove(Kind::Result, &result_key);
+                    self.discard(Kind::Result, &result_key);
                 }
             },
-            Lookup::Corrupt => corrupt = true,
-            Lookup::Miss => {}
+            Fetched::Corrupt => corrupt = true,
+            Fetched::Miss => {}
         }
         if self.lookup_only {
             return Ok(Outcome::NotFound {

@@ -66,6 +66,8 @@ pub struct DaemonConfig {
     /// Milliseconds the wrapper waits for any frame from the daemon before compiling by
     /// itself (a waiting daemon sends a frame every second).
     pub reply_timeout_ms: u64,
+    /// Memory the daemon may use to keep recently served entries (0: none).
+    pub memory_cache: ByteSize,
 }
 
 impl Default for DaemonConfig {
@@ -77,6 +79,7 @@ impl Default for DaemonConfig {
             max_jobs: 0,
             transport: Transport::Unix,
             reply_timeout_ms: 10_000,
+            memory_cache: ByteSize(256 << 20),
         }
     }
 }
@@ -321,6 +324,14 @@ where
                         })
                     }
                 }
+            }
+            "DAEMON_MEMORY_CACHE" => {
+                config.daemon.memory_cache =
+                    value.parse().map_err(|_| ConfigError::InvalidValue {
+                        key: name.into(),
+                        value: value.into(),
+                        expected: "a byte count such as 256M, 1G or 0",
+                    })?
             }
             "DAEMON_REPLY_TIMEOUT_MS" => {
                 config.daemon.reply_timeout_ms = parse_number(name, value, "milliseconds")?

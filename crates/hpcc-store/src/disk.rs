@@ -79,7 +79,7 @@ pub struct CleanReport {
 /// Any number of `DiskStore`s, in any number of processes, may share one root.
 #[derive(Debug, Clone)]
 pub struct DiskStore {
-    layout: Layout,
+    pub(crate) layout: Layout,
     accounting: Accounting,
     config: DiskConfig,
 }

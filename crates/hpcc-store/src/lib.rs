@@ -33,7 +33,8 @@
 //!
 //! The on-disk entry format is described in the `format` module, the directory layout in
 //! `layout`, size accounting in `accounting` and eviction in `evict`. [`FileDigests`] is a
-//! separate, shared table of header digests keyed by file identity.
+//! separate, shared table of header digests keyed by file identity. [`MemoryTier`] keeps verified
+//! payloads in memory in front of a disk store, for the daemon.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
@@ -44,6 +45,7 @@ mod error;
 mod evict;
 mod format;
 mod layout;
+pub mod memory;
 mod positioned;
 
 #[cfg(test)]
@@ -66,6 +68,7 @@ pub use digests::{FileDigests, FileId, Known};
 pub use disk::{CleanReport, DiskConfig, DiskStore, EvictReport};
 pub use error::StoreError;
 pub use format::Codec;
+pub use memory::{Fetched, MemoryTier};
 
 /// The namespace of a key: the two kinds never collide even for equal digests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -83,6 +83,25 @@ impl Lease {
 
 /// Connects and says hello. `Err` says why not (not running, refused, ...).
 pub fn connect(settings: &Settings, endpoint: &Endpoint) -> Result<Connection> {
+    let mut connection = open(settings, endpoint)?;
+    welcome(&mut connection)?;
+    Ok(connection)
+}
+
+/// Reads the daemon's answer to `Hello`.
+fn welcome(connection: &mut Connection) -> Result<()> {
+    match connection.receive::<HelloReply>()?.reply {
+        Some(hello_reply::Reply::Welcome(_)) => Ok(()),
+        Some(hello_reply::Reply::Refused(refused)) => {
+            bail!("the daemon refused: {}", refused.reason)
+        }
+        None => bail!("the daemon sent an empty hello reply"),
+    }
+}
+
+/// Connects and sends `Hello` without waiting for the answer, so that a request can follow in
+/// the same round trip.
+fn open(settings: &Settings, endpoint: &Endpoint) -> Result<Connection> {
     let (mut connection, token) = match settings.config.daemon.transport {
         Transport::Unix => {
             let socket = endpoint.socket();
@@ -111,13 +130,7 @@ pub fn connect(settings: &Settings, endpoint: &Endpoint) -> Result<Connection> {
         client_version: env!("CARGO_PKG_VERSION").into(),
         token,
     })?;
-    match connection.receive::<HelloReply>()?.reply {
-        Some(hello_reply::Reply::Welcome(_)) => Ok(connection),
-        Some(hello_reply::Reply::Refused(refused)) => {
-            bail!("the daemon refused: {}", refused.reason)
-        }
-        None => bail!("the daemon sent an empty hello reply"),
-    }
+    Ok(connection)
 }
 
 /// Asks the daemon to serve a compile. Starts a daemon in the background when none runs and
@@ -135,7 +148,7 @@ pub fn request_compile(
             return Answer::Unavailable;
         }
     };
-    let mut connection = match connect(settings, &endpoint) {
+    let mut connection = match open(settings, &endpoint) {
         Ok(connection) => connection,
         Err(error) => {
             tracing::debug!("daemon not reachable: {error:#}");
@@ -168,6 +181,11 @@ pub fn request_compile(
         })
         .is_err()
     {
+        return Answer::Unavailable;
+    }
+    if let Err(error) = welcome(&mut connection) {
+        tracing::warn!("daemon: {error:#}; compiling without it");
+        crate::record_error("daemon");
         return Answer::Unavailable;
     }
     loop {

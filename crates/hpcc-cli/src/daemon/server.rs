@@ -31,7 +31,7 @@ use hpcc_proto::daemon::{
     Welcome,
 };
 use hpcc_proto::DAEMON_PROTOCOL_VERSION;
-use hpcc_store::DiskStore;
+use hpcc_store::{DiskStore, MemoryTier};
 
 use super::{write_private, Connection, Endpoint, ReceiveError};
 use crate::cache::{self, Outcome};
@@ -105,6 +105,9 @@ pub fn run(settings: Settings) -> Result<()> {
     let (listener, endpoint_text, token) = bind(&endpoint, settings.config.daemon.transport)?;
     let daemon = Arc::new(Daemon {
         store,
+        memory: MemoryTier::new(
+            usize::try_from(settings.config.daemon.memory_cache.0).unwrap_or(usize::MAX),
+        ),
         hot: HotFiles::new(),
         slots: Slots::new(max_jobs),
         flights: Mutex::new(HashMap::new()),
@@ -306,6 +309,7 @@ struct Daemon {
     endpoint_text: String,
     token: Option<Vec<u8>>,
     store: DiskStore,
+    memory: MemoryTier,
     hot: HotFiles,
     slots: Slots,
     flights: Mutex<HashMap<Digest, Arc<Flight>>>,
@@ -584,7 +588,7 @@ impl Daemon {
                 &self.store,
                 &caller,
             )
-            .lookup_only(Some(&self.hot));
+            .lookup_only(Some(&self.hot), Some(&self.memory));
             let served = match job.run() {
                 Ok(served) => served,
                 Err(error) => return not_served(format!("{error:#}")),
