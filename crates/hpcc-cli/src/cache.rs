@@ -13,12 +13,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use hpcc_core::args::{ColorRequest, CompileInvocation, DepScope, NotCacheable, ParsedArg, Role};
 use hpcc_core::config::{Config, Mode};
-use hpcc_core::digest::KeyHasher;
+use hpcc_core::digest::{Digest, KeyHasher};
 use hpcc_core::entry::{ResultEntry, SectionKind};
 use hpcc_core::manifest::Manifest;
 use hpcc_core::project::RootRewriter;
@@ -102,6 +103,8 @@ pub struct Job<'a> {
     lookup_only: bool,
     /// The daemon's memory tier in front of the store.
     memory: Option<&'a MemoryTier>,
+    /// The daemon's decoded manifests.
+    manifests: Option<&'a ManifestCache>,
     /// Where the caller's directory is, for brevity.
     cwd: &'a Path,
 }
@@ -122,6 +125,77 @@ pub struct Served {
     pub outcome: Outcome,
     /// What to print.
     pub printed: Printed,
+}
+
+/// What a daemon keeps between lookups: files known unchanged, payloads in memory, decoded
+/// manifests.
+#[derive(Clone, Copy)]
+pub struct Warm<'a> {
+    /// Files and absences known without a `stat`.
+    pub hot: &'a HotFiles,
+    /// Verified payloads.
+    pub memory: &'a MemoryTier,
+    /// Decoded manifests with their paths resolved.
+    pub manifests: &'a ManifestCache,
+}
+
+/// A decoded manifest with every entry's paths resolved for one project root.
+pub struct PreparedManifest {
+    manifest: Manifest,
+    root: Option<PathBuf>,
+    paths: Vec<includes::EntryPaths>,
+}
+
+impl PreparedManifest {
+    fn new(manifest: Manifest, root: Option<&Path>, hot: bool) -> PreparedManifest {
+        let paths = manifest
+            .entries
+            .iter()
+            .map(|entry| includes::EntryPaths::resolve(entry, root, hot))
+            .collect();
+        PreparedManifest {
+            manifest,
+            root: root.map(Path::to_path_buf),
+            paths,
+        }
+    }
+}
+
+/// The daemon's decoded manifests, each valid for the exact payload it was decoded from (the
+/// memory tier hands out the same allocation until the file changes) and the root its paths
+/// were resolved against.
+#[derive(Default)]
+pub struct ManifestCache {
+    entries: std::sync::Mutex<HashMap<Digest, DecodedFrom>>,
+}
+
+/// A decoded manifest and the payload it came from.
+type DecodedFrom = (Arc<Vec<u8>>, Arc<PreparedManifest>);
+
+/// Decoded manifests kept at most; past it the cache starts over.
+const MANIFEST_CACHE_ENTRIES: usize = 8192;
+
+impl ManifestCache {
+    fn get(
+        &self,
+        key: &Digest,
+        payload: &Arc<Vec<u8>>,
+        root: Option<&Path>,
+    ) -> Option<Arc<PreparedManifest>> {
+        let entries = self.entries.lock().ok()?;
+        let (decoded_from, prepared) = entries.get(key)?;
+        (Arc::ptr_eq(decoded_from, payload) && prepared.root.as_deref() == root)
+            .then(|| Arc::clone(prepared))
+    }
+
+    fn insert(&self, key: Digest, payload: &Arc<Vec<u8>>, prepared: &Arc<PreparedManifest>) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= MANIFEST_CACHE_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(key, (Arc::clone(payload), Arc::clone(prepared)));
+        }
+    }
 }
 
 struct Prepared {
@@ -153,21 +227,20 @@ impl<'a> Job<'a> {
             hot: None,
             lookup_only: false,
             memory: None,
+            manifests: None,
             cwd: &caller.cwd,
         }
     }
 
     /// Looks up only: a hit is served, a miss returns [`Outcome::NotFound`] without running
-    /// anything. `hot` is the daemon's table of files known unchanged, `memory` its tier of
-    /// payloads in front of the store.
-    pub fn lookup_only(
-        mut self,
-        hot: Option<&'a HotFiles>,
-        memory: Option<&'a MemoryTier>,
-    ) -> Job<'a> {
+    /// anything. `warm` is the state a daemon keeps between lookups.
+    pub fn lookup_only(mut self, warm: Option<Warm<'a>>) -> Job<'a> {
         self.lookup_only = true;
-        self.hot = hot;
-        self.memory = memory;
+        if let Some(warm) = warm {
+            self.hot = Some(warm.hot);
+            self.memory = Some(warm.memory);
+            self.manifests = Some(warm.manifests);
+        }
         self
     }
 
@@ -176,7 +249,7 @@ impl<'a> Job<'a> {
         Ok(match self.memory {
             Some(memory) => memory.get(self.store, kind, key)?,
             None => match self.store.get(kind, key)? {
-                Lookup::Hit(bytes) => Fetched::Hit(std::sync::Arc::new(bytes)),
+                Lookup::Hit(bytes) => Fetched::Hit(Arc::new(bytes)),
                 Lookup::Miss => Fetched::Miss,
                 Lookup::Corrupt => Fetched::Corrupt,
             },
@@ -392,23 +465,42 @@ impl<'a> Job<'a> {
         let source_stored = includes::store_path(&source_path, self.cwd, root);
 
         let mut corrupt = false;
-        let mut manifest = match self.fetch(Kind::Manifest, &direct_key)? {
-            Fetched::Hit(bytes) => Manifest::decode(&bytes).unwrap_or_else(|_| {
-                corrupt = true;
-                self.discard(Kind::Manifest, &direct_key);
-                Manifest::default()
-            }),
+        let hot = self.hot.is_some();
+        let prepared_manifest = match self.fetch(Kind::Manifest, &direct_key)? {
+            Fetched::Hit(bytes) => {
+                match self
+                    .manifests
+                    .and_then(|cache| cache.get(&direct_key, &bytes, root))
+                {
+                    Some(known) => known,
+                    None => match Manifest::decode(&bytes) {
+                        Ok(manifest) => {
+                            let decoded = Arc::new(PreparedManifest::new(manifest, root, hot));
+                            if let Some(cache) = self.manifests {
+                                cache.insert(direct_key, &bytes, &decoded);
+                            }
+                            decoded
+                        }
+                        Err(_) => {
+                            corrupt = true;
+                            self.discard(Kind::Manifest, &direct_key);
+                            Arc::new(PreparedManifest::new(Manifest::default(), root, hot))
+                        }
+                    },
+                }
+            }
             Fetched::Corrupt => {
                 corrupt = true;
-                Manifest::default()
+                Arc::new(PreparedManifest::new(Manifest::default(), root, hot))
             }
-            Fetched::Miss => Manifest::default(),
+            Fetched::Miss => Arc::new(PreparedManifest::new(Manifest::default(), root, hot)),
         };
+        let entries = &prepared_manifest.manifest.entries;
         let mut digests = HashMap::new();
-        for entry in &manifest.entries {
+        for (entry, paths) in entries.iter().zip(&prepared_manifest.paths) {
             // Remembering digests only pays when several entries may check the same files.
-            let remember = (manifest.entries.len() > 1).then_some(&mut digests);
-            if !includes::verify(entry, root, Some(&source_stored), &mut contents, remember)? {
+            let remember = (entries.len() > 1).then_some(&mut digests);
+            if !includes::verify(entry, paths, Some(&source_stored), &mut contents, remember)? {
                 continue;
             }
             match self.fetch(Kind::Result, &entry.result)? {
@@ -436,6 +528,9 @@ impl<'a> Job<'a> {
                 corrupt,
             });
         }
+        let mut manifest = Arc::try_unwrap(prepared_manifest)
+            .map(|prepared| prepared.manifest)
+            .unwrap_or_else(|shared| shared.manifest.clone());
 
         // Miss: compile, asking for a full dependency list to learn which files were read.
         let started = SystemTime::now();

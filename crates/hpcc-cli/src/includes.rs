@@ -516,33 +516,67 @@ fn stamp_of(meta: &fs::Metadata) -> Stamp {
     }
 }
 
-/// Checks a manifest entry against the file system. `skip` is a file already verified by the
-/// caller (the source, whose digest is in the key).
+/// A manifest entry's paths resolved against one project root, and the digests that name its
+/// absent sets in the daemon's hot table: computed once per manifest and root by the daemon,
+/// per lookup otherwise.
+#[derive(Debug)]
+pub struct EntryPaths {
+    /// Per [`ManifestEntry::files`]: the path, or `None` if it is rooted and there is no root.
+    files: Vec<Option<PathBuf>>,
+    /// Per [`ManifestEntry::absent`]: the directory, and [`hot::names_digest`] of the names
+    /// when a hot table will be consulted.
+    absent: Vec<(Option<PathBuf>, Option<Digest>)>,
+}
+
+impl EntryPaths {
+    /// Resolves `entry` against `root`; `hot` also computes the names digests.
+    pub fn resolve(entry: &ManifestEntry, root: Option<&Path>, hot: bool) -> EntryPaths {
+        EntryPaths {
+            files: entry
+                .files
+                .iter()
+                .map(|file| resolve(&file.path, root))
+                .collect(),
+            absent: entry
+                .absent
+                .iter()
+                .map(|absent| {
+                    (
+                        resolve(&absent.dir, root),
+                        hot.then(|| hot::names_digest(&absent.names)),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Checks a manifest entry, with its paths resolved, against the file system. `skip` is a file
+/// already verified by the caller (the source, whose digest is in the key).
 pub fn verify(
     entry: &ManifestEntry,
-    root: Option<&Path>,
+    paths: &EntryPaths,
     skip: Option<&StoredPath>,
     contents: &mut Contents<'_>,
     mut digests: Option<&mut HashMap<PathBuf, Option<(u64, Digest)>>>,
 ) -> Result<bool> {
-    for absent in &entry.absent {
-        let Some(dir) = resolve(&absent.dir, root) else {
+    for (absent, (dir, names_digest)) in entry.absent.iter().zip(&paths.absent) {
+        let Some(dir) = dir else {
             return Ok(false);
         };
-        let hot_names = match &contents.hot {
-            Some(session) => {
-                let names = hot::names_digest(&absent.names);
-                if session.files.absent(&dir, &names) {
+        let hot_names = match (&contents.hot, names_digest) {
+            (Some(session), Some(names)) => {
+                if session.files.absent(dir, names) {
                     continue;
                 }
                 // Watched before the look, so that an entry created after it is an event.
-                session.files.watch_dir(&dir).then_some(names)
+                session.files.watch_dir(dir).then_some(*names)
             }
-            None => None,
+            _ => None,
         };
         let unchanged = absent
             .stamp
-            .is_some_and(|stamp| fs::metadata(&dir).is_ok_and(|meta| stamp_of(&meta) == stamp));
+            .is_some_and(|stamp| fs::metadata(dir).is_ok_and(|meta| stamp_of(&meta) == stamp));
         if !unchanged {
             for name in &absent.names {
                 let candidate = dir.join(std::ffi::OsStr::from_bytes(name));
@@ -552,36 +586,39 @@ pub fn verify(
             }
         }
         if let (Some(names), Some(session)) = (hot_names, &mut contents.hot) {
-            session.verified.push(Verified::Absent { dir, names });
+            session.verified.push(Verified::Absent {
+                dir: dir.clone(),
+                names,
+            });
         }
     }
-    for file in &entry.files {
+    for (file, path) in entry.files.iter().zip(&paths.files) {
         if skip == Some(&file.path) {
             continue;
         }
-        let Some(path) = resolve(&file.path, root) else {
+        let Some(path) = path else {
             return Ok(false);
         };
         let remembered = digests
             .as_ref()
-            .and_then(|digests| digests.get(&path).copied());
-        let known = match remembered.or_else(|| contents.hot_file(&path).map(Some)) {
+            .and_then(|digests| digests.get(path).copied());
+        let known = match remembered.or_else(|| contents.hot_file(path).map(Some)) {
             Some(known) => known,
             None => {
-                let computed = match fs::metadata(&path) {
+                let computed = match fs::metadata(path) {
                     Ok(meta) if meta.len() != file.size => None,
                     // Unchanged since it was hashed on this machine: see `FileRecord::stamp`.
                     Ok(meta) if file.stamp == Some(stamp_of(&meta)) => {
                         Some((file.size, file.digest))
                     }
                     Ok(meta) => contents
-                        .of(&path, &meta)
+                        .of(path, &meta)
                         .ok()
                         .map(|content| (content.size, content.digest)),
                     Err(_) => None,
                 };
                 if let Some((size, digest)) = computed {
-                    contents.note_file(&path, size, digest);
+                    contents.note_file(path, size, digest);
                 }
                 if let Some(digests) = digests.as_deref_mut() {
                     digests.insert(path.clone(), computed);

@@ -108,6 +108,7 @@ pub fn run(settings: Settings) -> Result<()> {
         memory: MemoryTier::new(
             usize::try_from(settings.config.daemon.memory_cache.0).unwrap_or(usize::MAX),
         ),
+        manifests: cache::ManifestCache::default(),
         hot: HotFiles::new(),
         slots: Slots::new(max_jobs),
         flights: Mutex::new(HashMap::new()),
@@ -149,8 +150,13 @@ enum Listener {
 }
 
 impl Listener {
-    /// Accepts until the daemon stops.
+    /// Accepts until the daemon stops, handing each connection to an idle worker thread, or to
+    /// a new one when none is idle (a worker may be held for a whole compile by a wrapper
+    /// that compiles under a slot, so connections never queue behind busy workers).
     fn serve(&self, daemon: &Arc<Daemon>) {
+        let (sender, receiver) = std::sync::mpsc::channel::<Connection>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let idle = Arc::new(AtomicUsize::new(0));
         loop {
             let accepted = match self {
                 Listener::Unix(listener) => listener.accept().map(|(s, _)| Connection::Unix(s)),
@@ -173,17 +179,49 @@ impl Listener {
                 refuse(connection, "too many connections");
                 continue;
             }
-            let daemon = Arc::clone(daemon);
+            // Claim an idle worker, or start one with this connection.
+            let claimed = idle
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if claimed {
+                if sender.send(connection).is_err() {
+                    daemon.connections.fetch_sub(1, Ordering::SeqCst);
+                }
+                continue;
+            }
+            let worker = Worker {
+                daemon: Arc::clone(daemon),
+                receiver: Arc::clone(&receiver),
+                idle: Arc::clone(&idle),
+            };
             let spawned = std::thread::Builder::new()
                 .name("connection".into())
-                .spawn(move || {
-                    daemon.handle(connection);
-                    daemon.connections.fetch_sub(1, Ordering::SeqCst);
-                    daemon.touch();
-                });
+                .spawn(move || worker.run(connection));
             if let Err(error) = spawned {
                 tracing::warn!("cannot start a connection thread: {error}");
+                daemon.connections.fetch_sub(1, Ordering::SeqCst);
             }
+        }
+    }
+}
+
+/// A connection thread: serves its first connection, then whatever the acceptor sends it.
+struct Worker {
+    daemon: Arc<Daemon>,
+    receiver: Arc<Mutex<std::sync::mpsc::Receiver<Connection>>>,
+    idle: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn run(self, first: Connection) {
+        let mut next = Some(first);
+        while let Some(connection) = next.take() {
+            self.daemon.handle(connection);
+            self.daemon.connections.fetch_sub(1, Ordering::SeqCst);
+            self.daemon.touch();
+            self.idle.fetch_add(1, Ordering::SeqCst);
+            // The acceptor claimed this worker (decremented `idle`) before sending.
+            next = lock(&self.receiver).recv().ok();
         }
     }
 }
@@ -310,6 +348,7 @@ struct Daemon {
     token: Option<Vec<u8>>,
     store: DiskStore,
     memory: MemoryTier,
+    manifests: cache::ManifestCache,
     hot: HotFiles,
     slots: Slots,
     flights: Mutex<HashMap<Digest, Arc<Flight>>>,
@@ -588,7 +627,11 @@ impl Daemon {
                 &self.store,
                 &caller,
             )
-            .lookup_only(Some(&self.hot), Some(&self.memory));
+            .lookup_only(Some(cache::Warm {
+                hot: &self.hot,
+                memory: &self.memory,
+                manifests: &self.manifests,
+            }));
             let served = match job.run() {
                 Ok(served) => served,
                 Err(error) => return not_served(format!("{error:#}")),
