@@ -59,6 +59,13 @@ for _ in range(n):
 EOF
 }
 
+percentiles() { # reads one number a line; prints "p50 p90 p99 max"
+  sort -g | awk '{ v[NR] = $1 } END {
+    i50 = int(NR * 0.50 + 0.5); i90 = int(NR * 0.90 + 0.5); i99 = int(NR * 0.99 + 0.5)
+    if (i50 < 1) i50 = 1; if (i90 < 1) i90 = 1; if (i99 < 1) i99 = 1
+    printf "%.2f %.2f %.2f %.2f\n", v[i50], v[i90], v[i99], v[NR] }'
+}
+
 declare -A p50
 report=()
 report+=("# Per-hit latency")
@@ -68,6 +75,10 @@ report+=("- $N hits per tool and file, each timed around the whole process; mill
 report+=("")
 report+=("| file | tool | p50 | p90 | p99 | max | p50 / ccache p50 |")
 report+=("|---|---|---|---|---|---|---|")
+# The floor: the same timer around /bin/true, i.e. what starting any process costs here.
+read -r f50 f90 f99 fmax < <(bash -c "$(declare -f timer); N=$N; timer \"\$@\"" _ "$scratch" true |
+  percentiles)
+report+=("| (any) | floor: /bin/true | $f50 | $f90 | $f99 | $fmax | - |")
 for entry in "${files[@]}"; do
   IFS='|' read -r name compiler dir args <<<"$entry"
   read -r -a argv <<<"$args"
@@ -95,10 +106,7 @@ for entry in "${files[@]}"; do
     (cd "$dir" && env "${env_vars[@]}" "${wrapper[@]}" "$compiler" "${argv[@]}") >/dev/null 2>&1
     (cd "$dir" && env "${env_vars[@]}" "${wrapper[@]}" "$compiler" "${argv[@]}") >/dev/null 2>&1
     read -r q50 q90 q99 qmax < <(env "${env_vars[@]}" bash -c "$(declare -f timer); N=$N; timer \"\$@\"" _ \
-      "$dir" "${wrapper[@]}" "$compiler" "${argv[@]}" | sort -g | awk '{ v[NR] = $1 } END {
-        i50 = int(NR * 0.50 + 0.5); i90 = int(NR * 0.90 + 0.5); i99 = int(NR * 0.99 + 0.5)
-        if (i50 < 1) i50 = 1; if (i90 < 1) i90 = 1; if (i99 < 1) i99 = 1
-        printf "%.2f %.2f %.2f %.2f\n", v[i50], v[i90], v[i99], v[NR] }')
+      "$dir" "${wrapper[@]}" "$compiler" "${argv[@]}" | percentiles)
     p50[$name.$tool]=$q50
     ratio=$(awk -v a="$q50" -v b="${p50[$name.ccache]:-}" 'BEGIN { if (b == "" || b == 0) print "-"; else printf "%.2f\n", a / b }')
     report+=("| $name | $tool | $q50 | $q90 | $q99 | $qmax | $ratio |")

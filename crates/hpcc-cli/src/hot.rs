@@ -17,8 +17,9 @@
 //! - A file is marked hot only if no event touched it between the moment its request began
 //!   (its [`Ticket`]) and the moment its state is committed; the watch is in place before the
 //!   caller looks at the file, so a change after the look is an event.
-//! - A directory event (`mkdir`, `rename` of a directory, a watched directory deleted or moved),
-//!   a queue overflow or a watch that cannot be added clears everything hot at once.
+//! - A directory moved or removed ends the hotness of everything at or below its path (and the
+//!   watches there); a new directory is an entry that appeared, like a new file. A queue
+//!   overflow or an unmounted file system clears everything.
 //! - Writes through `mmap` produce no inotify event: a header edited that way is a known limit
 //!   shared with every inotify-based tool (watchman, Bazel, VS Code).
 //!
@@ -369,34 +370,35 @@ impl Inner {
     }
 
     fn apply(&mut self, descriptor: i32, mask: EventMask, name: Option<&OsStr>) {
-        let structural = mask.intersects(
-            EventMask::Q_OVERFLOW
-                | EventMask::ISDIR
-                | EventMask::IGNORED
-                | EventMask::DELETE_SELF
-                | EventMask::MOVE_SELF
-                | EventMask::UNMOUNT,
-        );
-        if structural {
-            // A directory appeared, moved or vanished, or events were lost: anything below may
-            // have changed. Watches of vanished directories are gone; let them be re-added.
-            if mask.contains(EventMask::IGNORED) {
-                if let Some(paths) = self.watch_paths.remove(&descriptor) {
-                    for path in paths {
-                        self.dirs.remove(&path);
-                    }
-                }
-            }
+        if mask.intersects(EventMask::Q_OVERFLOW | EventMask::UNMOUNT) {
+            // Events were lost, or a file system went away: anything may have changed.
             self.clear();
             return;
         }
-        let (Some(name), Some(paths)) = (name, self.watch_paths.get(&descriptor)) else {
+        let Some(dirs) = self.watch_paths.get(&descriptor).cloned() else {
             return;
         };
-        let dirs = paths.clone();
+        if mask.intersects(EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+            // A watched directory vanished or moved: its path no longer names what was
+            // verified. Its watch is dropped (a later lookup watches the path afresh).
+            self.watch_paths.remove(&descriptor);
+            for dir in &dirs {
+                self.forget_below(dir);
+            }
+            return;
+        }
+        let Some(name) = name else {
+            return;
+        };
         let appeared = mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
         for dir in dirs {
             let path = dir.join(name);
+            if mask.contains(EventMask::ISDIR) && !mask.contains(EventMask::CREATE) {
+                // A directory moved away, moved in or removed: nothing verified below that
+                // path stands. (A new, empty directory hides nothing: it is an entry that
+                // appeared, like a new file.)
+                self.forget_below(&path);
+            }
             self.files.remove(&path);
             self.touched.insert(path, self.position);
             if appeared {
@@ -409,6 +411,19 @@ impl Inner {
             self.created.clear();
             self.floor = self.position + 1;
         }
+    }
+
+    /// Drops every state at or below `prefix`, and the watches of directories there; commits
+    /// in flight are refused, as they may concern such a path.
+    fn forget_below(&mut self, prefix: &Path) {
+        self.files.retain(|path, _| !path.starts_with(prefix));
+        self.absent.retain(|dir, _| !dir.starts_with(prefix));
+        self.dirs.retain(|dir, _| !dir.starts_with(prefix));
+        self.watch_paths.retain(|_, paths| {
+            paths.retain(|dir| !dir.starts_with(prefix));
+            !paths.is_empty()
+        });
+        self.floor = self.position + 1;
     }
 }
 
@@ -505,12 +520,36 @@ mod tests {
         assert!(verify(&hot, &header));
         hot.sync();
         assert!(hot.file(&header).is_some());
+        // A new directory beside it does not matter to the header ...
         fs::create_dir(dir.path().join("sub")).expect("mkdir");
         hot.sync();
+        assert!(hot.file(&header).is_some(), "a new directory hides nothing");
+        // ... but one that is moved away takes everything below it along.
+        let nested = dir.path().join("sub").join("n.h");
+        fs::write(&nested, b"int n;").expect("write nested");
+        assert!(verify(&hot, &nested));
+        hot.sync();
+        assert!(hot.file(&nested).is_some());
+        fs::rename(dir.path().join("sub"), dir.path().join("moved")).expect("rename");
+        fs::create_dir(dir.path().join("sub")).expect("mkdir again");
+        fs::write(&nested, b"int other;").expect("a new file at the old path");
+        hot.sync();
         assert_eq!(
-            hot.file(&header),
+            hot.file(&nested),
             None,
-            "a directory event clears everything"
+            "a moved directory ends hotness below it"
+        );
+        assert!(hot.file(&header).is_some(), "and only below it");
+        // Removing a whole tree, as `rm -rf` does.
+        assert!(verify(&hot, &nested));
+        hot.sync();
+        assert!(hot.file(&nested).is_some());
+        fs::remove_dir_all(dir.path().join("sub")).expect("rm -rf");
+        hot.sync();
+        assert_eq!(
+            hot.file(&nested),
+            None,
+            "a removed directory ends hotness below it"
         );
     }
 

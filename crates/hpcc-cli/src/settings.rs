@@ -68,7 +68,14 @@ impl Settings {
         if let Some(dir) = std::env::var_os("HPCC_CACHE_DIR") {
             config.cache_dir = Some(PathBuf::from(dir));
         }
-        let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        let mut cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        // A relative directory means the same place to every process that shares it (the
+        // daemon does not stay in the directory it was started from).
+        if cache_dir.is_relative() {
+            if let Ok(cwd) = std::env::current_dir() {
+                cache_dir = cwd.join(cache_dir);
+            }
+        }
         Ok(Settings {
             config,
             config_path,

@@ -253,7 +253,8 @@ fn spawn(endpoint: &Endpoint) -> Result<u32> {
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicating the log file")?)
         .stderr(log)
-        .current_dir("/")
+        // In the wrapper's directory, so that relative settings (a relative `HPCC_CACHE_DIR`)
+        // resolve as they did for the wrapper; the daemon moves to `/` once it has read them.
         .process_group(0)
         .spawn()
         .context("starting hpcc daemon")?;
