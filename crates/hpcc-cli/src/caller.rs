@@ -77,9 +77,14 @@ impl Caller {
 pub fn current_umask() -> u32 {
     static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *UMASK.get_or_init(|| {
-        fs::read_to_string("/proc/self/status")
+        // "Umask:" is on the second line: one read of a small buffer finds it (the file's
+        // size is unknown to `stat`, so reading it whole would take many small reads).
+        use std::io::Read;
+        let mut buffer = [0u8; 512];
+        fs::File::open("/proc/self/status")
+            .and_then(|mut file| file.read(&mut buffer))
             .ok()
-            .and_then(|status| parse_umask(&status))
+            .and_then(|read| parse_umask(&String::from_utf8_lossy(&buffer[..read])))
             .unwrap_or(0o022)
     })
 }
