@@ -112,6 +112,19 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_bodies_round_trip(
+            wire in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+        ) {
+            let _ = read_frame(&mut &wire[..], 1024);
+            let mut framed = Vec::new();
+            write_frame(&mut framed, &body).expect("write");
+            proptest::prop_assert_eq!(read_frame(&mut &framed[..], 1024).expect("read"), body);
+        }
+    }
+
     #[test]
     fn truncated_frames_are_errors_not_hangs_or_panics() {
         let mut wire = Vec::new();

@@ -242,6 +242,17 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_messages_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            use hpcc_proto::daemon::{Hello, Request, Reply};
+            let _ = Hello::decode(bytes.as_slice());
+            let _ = Request::decode(bytes.as_slice());
+            let _ = Reply::decode(bytes.as_slice());
+        }
+    }
 
     #[test]
     fn tcp_files_parse_or_are_refused() {

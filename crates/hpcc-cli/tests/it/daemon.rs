@@ -678,6 +678,37 @@ fn autostart_starts_one_daemon() -> TestResult {
     Ok(())
 }
 
+/// A lookup the daemon cannot serve (here: a profile named by `-fprofile-use=` that does not
+/// exist, whose content would be part of the key) leaves the wrapper to compile by itself,
+/// exactly as the plain compiler would.
+fn daemon_errors_fall_back_to_the_compiler() -> TestResult {
+    let sandbox = Sandbox::with_daemon(&[]);
+    sandbox.write("x.h", HEADER);
+    sandbox.write("x.c", SOURCE);
+    sandbox.start_daemon()?;
+    // The same output name for both: it appears in the warning about the profile.
+    let args = [
+        "gcc",
+        "-c",
+        "x.c",
+        "-fprofile-use=missing.gcda",
+        "-o",
+        "x.o",
+    ];
+    let plain = sandbox.plain_compiler(&args);
+    let plain_object = sandbox.read("x.o");
+    fs::remove_file(sandbox.project.join("x.o")).ctx("removing the plain object")?;
+    let through = sandbox.hpcc(&args);
+    harness::same_behaviour(&plain, &through, "a compile the daemon cannot serve")?;
+    ensure!(sandbox.read("x.o") == plain_object, "objects differ");
+    let shown = harness::text(&status(&sandbox).stdout);
+    ensure!(
+        shown.contains("compile requests       1"),
+        "the request reached the daemon: {shown}"
+    );
+    Ok(())
+}
+
 pub fn cases() -> Vec<crate::Case> {
     const GCC: &[Need] = &[Need::Gcc];
     vec![
@@ -732,6 +763,11 @@ pub fn cases() -> Vec<crate::Case> {
             header_edit_seen_by_the_daemon,
         ),
         ("daemon::idle_daemon_exits", GCC, idle_daemon_exits),
+        (
+            "daemon::daemon_errors_fall_back_to_the_compiler",
+            GCC,
+            daemon_errors_fall_back_to_the_compiler,
+        ),
         (
             "daemon::autostart_starts_one_daemon",
             GCC,
