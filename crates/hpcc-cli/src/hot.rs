@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hpcc_core::digest::Digest;
 use inotify::{EventMask, Inotify, WatchMask};
@@ -92,7 +92,9 @@ pub struct Ticket(u64);
 /// The daemon's table of hot files. All methods are cheap and never fail: trouble with inotify
 /// just means nothing is hot.
 pub struct HotFiles {
-    inner: Mutex<Inner>,
+    /// Lookups (most calls) share the lock; draining events, watching and committing take it
+    /// alone.
+    inner: RwLock<Inner>,
 }
 
 struct Inner {
@@ -136,7 +138,7 @@ impl HotFiles {
             }
         };
         HotFiles {
-            inner: Mutex::new(Inner {
+            inner: RwLock::new(Inner {
                 inotify,
                 watch_paths: HashMap::new(),
                 dirs: HashMap::new(),
@@ -151,14 +153,24 @@ impl HotFiles {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave a hot state that is wrong, only one that
-        // is incomplete; clearing it is the safe recovery.
-        self.inner.lock().unwrap_or_else(|poisoned| {
+    fn lock(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|poisoned| {
+            // A panic while applying events may have left a state that misses some of them:
+            // forget everything, which is always safe.
             let mut inner = poisoned.into_inner();
             inner.clear();
+            self.inner.clear_poison();
             inner
         })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        if self.inner.is_poisoned() {
+            drop(self.lock());
+        }
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Reads pending events and returns the ticket for a request starting now.
@@ -171,12 +183,12 @@ impl HotFiles {
 
     /// The size and digest of `path`, if it is hot.
     pub fn file(&self, path: &Path) -> Option<(u64, Digest)> {
-        self.lock().files.get(path).copied()
+        self.read().files.get(path).copied()
     }
 
     /// Whether the names with digest `names` are known to be absent from `dir`.
     pub fn absent(&self, dir: &Path, names: &Digest) -> bool {
-        self.lock()
+        self.read()
             .absent
             .get(dir)
             .is_some_and(|sets| sets.contains(names))
@@ -261,7 +273,7 @@ impl HotFiles {
 
     /// How many states are hot and how many directories are watched.
     pub fn counts(&self) -> (usize, usize) {
-        let inner = self.lock();
+        let inner = self.read();
         (
             inner.files.len() + inner.absent.values().map(Vec::len).sum::<usize>(),
             inner.watch_paths.len(),
