@@ -777,8 +777,33 @@ impl Daemon {
             }
             _ => Landing::Finished,
         };
+        let stored = matches!(landing, Landing::Finished);
+        let key = flight.as_ref().map(|(key, _)| *key);
         self.slots.release();
         self.land(flight, landing);
+        if let (true, Some(key)) = (stored, key) {
+            self.preload(&key);
+        }
+    }
+
+    /// Reads what a wrapper just stored under `key` (a direct-mode manifest and its newest
+    /// result, or a preprocessor-mode result) into the memory tier, so that the next build's
+    /// first hit on it is served from memory. Best effort: this wrapper has its reply already.
+    fn preload(&self, key: &Digest) {
+        use hpcc_store::{Fetched, Kind};
+        match self.memory.get(&self.store, Kind::Manifest, key) {
+            Ok(Fetched::Hit(bytes)) => {
+                if let Ok(manifest) = hpcc_core::manifest::Manifest::decode(&bytes) {
+                    // `Manifest::add` puts the newest entry first.
+                    if let Some(entry) = manifest.entries.first() {
+                        let _ = self.memory.get(&self.store, Kind::Result, &entry.result);
+                    }
+                }
+            }
+            _ => {
+                let _ = self.memory.get(&self.store, Kind::Result, key);
+            }
+        }
     }
 
     fn land(&self, flight: Option<(Digest, Arc<Flight>)>, landing: Landing) {
