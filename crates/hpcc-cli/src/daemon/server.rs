@@ -12,10 +12,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -119,6 +119,8 @@ pub fn run(settings: Settings) -> Result<()> {
         connections: AtomicUsize::new(0),
         last_activity: Mutex::new(Instant::now()),
         stopping: AtomicBool::new(false),
+        stop_signal: Mutex::new(false),
+        stop_requested: Condvar::new(),
         endpoint_text,
         token,
         settings,
@@ -150,20 +152,81 @@ enum Listener {
 }
 
 impl Listener {
-    /// Accepts until the daemon stops, handing each connection to an idle worker thread, or to
-    /// a new one when none is idle (a worker may be held for a whole compile by a wrapper
-    /// that compiles under a slot, so connections never queue behind busy workers).
-    fn serve(&self, daemon: &Arc<Daemon>) {
-        let (sender, receiver) = std::sync::mpsc::channel::<Connection>();
-        let receiver = Arc::new(Mutex::new(receiver));
-        let idle = Arc::new(AtomicUsize::new(0));
+    fn accept(&self) -> std::io::Result<Connection> {
+        match self {
+            Listener::Unix(listener) => listener.accept().map(|(s, _)| Connection::Unix(s)),
+            Listener::Tcp(listener) => listener.accept().map(|(s, _)| Connection::Tcp(s)),
+        }
+    }
+
+    /// Serves until the daemon stops. Connection threads accept for themselves (the kernel
+    /// hands a connection to one of them directly, with no hand-off between threads): there is
+    /// always one thread waiting in `accept`, because a thread that accepts the last waiting
+    /// place starts another before it serves. A wrapper compiling under a slot holds its
+    /// thread for the whole compile, so connections never queue behind busy threads.
+    fn serve(self, daemon: &Arc<Daemon>) {
+        let pool = Arc::new(Pool {
+            listener: self,
+            daemon: Arc::clone(daemon),
+            accepting: AtomicUsize::new(0),
+            threads: AtomicUsize::new(0),
+        });
+        if !pool.start_thread() {
+            return;
+        }
+        let mut stopping = lock(&daemon.stop_signal);
+        while !*stopping {
+            stopping = daemon
+                .stop_requested
+                .wait(stopping)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// The connection threads and the listener they share.
+struct Pool {
+    listener: Listener,
+    daemon: Arc<Daemon>,
+    /// Threads waiting in `accept`.
+    accepting: AtomicUsize,
+    /// Threads alive.
+    threads: AtomicUsize,
+}
+
+/// Threads kept waiting in `accept` at most; more exit once their connection ends.
+const MAX_ACCEPTING: usize = 4;
+
+impl Pool {
+    fn start_thread(self: &Arc<Pool>) -> bool {
+        if self.threads.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS + MAX_ACCEPTING {
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        let pool = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("connection".into())
+            .spawn(move || pool.run());
+        if let Err(error) = spawned {
+            tracing::warn!("cannot start a connection thread: {error}");
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn run(self: Arc<Pool>) {
+        let daemon = &self.daemon;
         loop {
-            let accepted = match self {
-                Listener::Unix(listener) => listener.accept().map(|(s, _)| Connection::Unix(s)),
-                Listener::Tcp(listener) => listener.accept().map(|(s, _)| Connection::Tcp(s)),
-            };
+            self.accepting.fetch_add(1, Ordering::SeqCst);
+            let accepted = self.listener.accept();
+            let still_accepting = self.accepting.fetch_sub(1, Ordering::SeqCst) - 1;
             if daemon.stopping.load(Ordering::SeqCst) {
-                return;
+                break;
+            }
+            if still_accepting == 0 {
+                // Someone must be in `accept` while this thread serves.
+                self.start_thread();
             }
             let connection = match accepted {
                 Ok(connection) => connection,
@@ -179,50 +242,14 @@ impl Listener {
                 refuse(connection, "too many connections");
                 continue;
             }
-            // Claim an idle worker, or start one with this connection.
-            let claimed = idle
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if claimed {
-                if sender.send(connection).is_err() {
-                    daemon.connections.fetch_sub(1, Ordering::SeqCst);
-                }
-                continue;
-            }
-            let worker = Worker {
-                daemon: Arc::clone(daemon),
-                receiver: Arc::clone(&receiver),
-                idle: Arc::clone(&idle),
-            };
-            let spawned = std::thread::Builder::new()
-                .name("connection".into())
-                .spawn(move || worker.run(connection));
-            if let Err(error) = spawned {
-                tracing::warn!("cannot start a connection thread: {error}");
-                daemon.connections.fetch_sub(1, Ordering::SeqCst);
+            daemon.handle(connection);
+            daemon.connections.fetch_sub(1, Ordering::SeqCst);
+            daemon.touch();
+            if self.accepting.load(Ordering::SeqCst) >= MAX_ACCEPTING {
+                break;
             }
         }
-    }
-}
-
-/// A connection thread: serves its first connection, then whatever the acceptor sends it.
-struct Worker {
-    daemon: Arc<Daemon>,
-    receiver: Arc<Mutex<std::sync::mpsc::Receiver<Connection>>>,
-    idle: Arc<AtomicUsize>,
-}
-
-impl Worker {
-    fn run(self, first: Connection) {
-        let mut next = Some(first);
-        while let Some(connection) = next.take() {
-            self.daemon.handle(connection);
-            self.daemon.connections.fetch_sub(1, Ordering::SeqCst);
-            self.daemon.touch();
-            self.idle.fetch_add(1, Ordering::SeqCst);
-            // The acceptor claimed this worker (decremented `idle`) before sending.
-            next = lock(&self.receiver).recv().ok();
-        }
+        self.threads.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -359,6 +386,9 @@ struct Daemon {
     connections: AtomicUsize,
     last_activity: Mutex<Instant>,
     stopping: AtomicBool,
+    /// Set (and `stop_requested` notified) when the daemon is to stop.
+    stop_signal: Mutex<bool>,
+    stop_requested: Condvar,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -424,19 +454,12 @@ impl Daemon {
         }
     }
 
-    /// Stops accepting: the accept loop wakes on a connection of our own.
+    /// Stops the daemon: the main thread wakes and shuts down; threads waiting in `accept`
+    /// end with the process.
     fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        match self.settings.config.daemon.transport {
-            Transport::Unix => {
-                let _ = UnixStream::connect(self.endpoint.socket());
-            }
-            Transport::Tcp => {
-                if let Ok(address) = self.endpoint_text.parse() {
-                    let _ = TcpStream::connect_timeout(&address, Duration::from_secs(1));
-                }
-            }
-        }
+        *lock(&self.stop_signal) = true;
+        self.stop_requested.notify_all();
     }
 
     fn shut_down(&self) {
