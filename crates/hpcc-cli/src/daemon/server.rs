@@ -547,12 +547,10 @@ impl Daemon {
                     self.requests.fetch_add(1, Ordering::Relaxed);
                     match self.compile(&mut connection, compile) {
                         Served::Reply(reply) => {
-                            if connection
-                                .send(&reply_of(reply::Kind::Compile(reply)))
-                                .is_err()
-                            {
-                                return;
-                            }
+                            // A compile ends its connection: closing now spares this thread a
+                            // wake-up for the wrapper's close.
+                            let _ = connection.send(&reply_of(reply::Kind::Compile(reply)));
+                            return;
                         }
                         Served::Leased(flight) => {
                             self.await_finish(&mut connection, flight);
