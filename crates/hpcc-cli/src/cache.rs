@@ -139,20 +139,27 @@ pub struct Warm<'a> {
     pub manifests: &'a ManifestCache,
 }
 
-/// A decoded manifest with every entry's paths resolved for one project root.
+/// A decoded manifest; in the daemon (`hot`), with every entry's paths resolved for one
+/// project root ahead of time, since it is kept and reused. In-process, paths are resolved
+/// entry by entry during the lookup, which usually stops at the first entry.
 pub struct PreparedManifest {
     manifest: Manifest,
     root: Option<PathBuf>,
+    /// Per entry, or empty when resolved during the lookup.
     paths: Vec<includes::EntryPaths>,
 }
 
 impl PreparedManifest {
     fn new(manifest: Manifest, root: Option<&Path>, hot: bool) -> PreparedManifest {
-        let paths = manifest
-            .entries
-            .iter()
-            .map(|entry| includes::EntryPaths::resolve(entry, root, hot))
-            .collect();
+        let paths = if hot {
+            manifest
+                .entries
+                .iter()
+                .map(|entry| includes::EntryPaths::resolve(entry, root, true))
+                .collect()
+        } else {
+            Vec::new()
+        };
         PreparedManifest {
             manifest,
             root: root.map(Path::to_path_buf),
@@ -497,7 +504,15 @@ impl<'a> Job<'a> {
         };
         let entries = &prepared_manifest.manifest.entries;
         let mut digests = HashMap::new();
-        for (entry, paths) in entries.iter().zip(&prepared_manifest.paths) {
+        for (index, entry) in entries.iter().enumerate() {
+            let resolved;
+            let paths = match prepared_manifest.paths.get(index) {
+                Some(paths) => paths,
+                None => {
+                    resolved = includes::EntryPaths::resolve(entry, root, hot);
+                    &resolved
+                }
+            };
             // Remembering digests only pays when several entries may check the same files.
             let remember = (entries.len() > 1).then_some(&mut digests);
             if !includes::verify(entry, paths, Some(&source_stored), &mut contents, remember)? {

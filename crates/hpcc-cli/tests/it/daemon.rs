@@ -38,6 +38,26 @@ fn status(sandbox: &Sandbox) -> Output {
     sandbox.hpcc(&["status"])
 }
 
+/// A number from `hpcc status` (`compile requests`, `hot files`, ...), 0 if absent.
+fn status_count(sandbox: &Sandbox, label: &str) -> u64 {
+    harness::text(&status(sandbox).stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix(label))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A daemon sandbox with `x.c` including `x.h`, the plain compiler's object for it, and its
+/// daemon started.
+fn started_project(settings: &[(&str, &str)]) -> Result<(Sandbox, Vec<u8>), String> {
+    let sandbox = Sandbox::with_daemon(settings);
+    sandbox.write("x.h", HEADER);
+    sandbox.write("x.c", SOURCE);
+    let expected = plain_object(&sandbox, "x.c")?;
+    sandbox.start_daemon()?;
+    Ok((sandbox, expected))
+}
+
 /// Waits up to `limit` for `condition`.
 fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -91,11 +111,8 @@ fn start_stop_status_and_stats() -> TestResult {
         (direct, misses) == (1, 1),
         "stats after miss+hit: {direct} direct hits, {misses} misses"
     );
-    let shown = harness::text(&status(&sandbox).stdout);
-    ensure!(
-        shown.contains("compile requests       2"),
-        "the daemon saw both compiles: {shown}"
-    );
+    let requests = status_count(&sandbox, "compile requests");
+    ensure!(requests == 2, "the daemon saw both compiles: {requests}");
 
     let stopped = sandbox.hpcc(&["stop"]);
     harness::succeeded(&stopped, "hpcc stop")?;
@@ -137,11 +154,7 @@ fn hits_replay_warnings_exactly() -> TestResult {
 }
 
 fn stale_socket_of_a_killed_daemon() -> TestResult {
-    let sandbox = Sandbox::with_daemon(&[]);
-    sandbox.write("x.h", HEADER);
-    sandbox.write("x.c", SOURCE);
-    let expected = plain_object(&sandbox, "x.c")?;
-    sandbox.start_daemon()?;
+    let (sandbox, expected) = started_project(&[])?;
     let pid = sandbox.daemon_pid().ok_or("no daemon pid")?;
     Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -278,11 +291,7 @@ fn refusal(stream: &mut impl Read) -> Result<String, String> {
 
 fn wrong_token_and_garbage_are_refused() -> TestResult {
     use hpcc_proto::daemon::Hello;
-    let sandbox = Sandbox::with_daemon(&[("HPCC_DAEMON_TRANSPORT", "tcp")]);
-    sandbox.write("x.h", HEADER);
-    sandbox.write("x.c", SOURCE);
-    let expected = plain_object(&sandbox, "x.c")?;
-    sandbox.start_daemon()?;
+    let (sandbox, expected) = started_project(&[("HPCC_DAEMON_TRANSPORT", "tcp")])?;
     compile(&sandbox, "x.c", "x.o")?;
 
     // A wrong token.
@@ -557,11 +566,7 @@ fn killed_mid_build() -> TestResult {
 }
 
 fn frozen_daemon_times_out() -> TestResult {
-    let sandbox = Sandbox::with_daemon(&[("HPCC_DAEMON_REPLY_TIMEOUT_MS", "300")]);
-    sandbox.write("x.h", HEADER);
-    sandbox.write("x.c", SOURCE);
-    let expected = plain_object(&sandbox, "x.c")?;
-    sandbox.start_daemon()?;
+    let (sandbox, expected) = started_project(&[("HPCC_DAEMON_REPLY_TIMEOUT_MS", "300")])?;
     let pid = sandbox.daemon_pid().ok_or("no daemon pid")?;
     Command::new("kill")
         .args(["-STOP", &pid.to_string()])
@@ -597,21 +602,13 @@ fn header_edit_seen_by_the_daemon() -> TestResult {
     );
     // The daemon knows the header without looking (a directory created by a test running in
     // parallel may have emptied its table: another hit fills it again).
-    let hot = |sandbox: &Sandbox| {
-        let shown = harness::text(&status(sandbox).stdout);
-        shown
-            .lines()
-            .find_map(|line| line.strip_prefix("hot files"))
-            .and_then(|count| count.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     let mut extra_hits = 0;
-    while hot(&sandbox) == 0 && extra_hits < 5 {
+    while status_count(&sandbox, "hot files") == 0 && extra_hits < 5 {
         compile(&sandbox, "x.c", "x.o")?;
         extra_hits += 1;
     }
     ensure!(
-        hot(&sandbox) > 0,
+        status_count(&sandbox, "hot files") > 0,
         "the daemon holds no hot files after hits"
     );
     // Same size, same mtime: only the content differs.
@@ -670,10 +667,10 @@ fn autostart_starts_one_daemon() -> TestResult {
     );
     compile(&sandbox, "x.c", "x.o")?;
     ensure!(sandbox.read("x.o") == expected, "daemon hit differs");
-    let shown = harness::text(&status(&sandbox).stdout);
+    let requests = status_count(&sandbox, "compile requests");
     ensure!(
-        shown.contains("compile requests       1"),
-        "the second compile went through the daemon: {shown}"
+        requests == 1,
+        "the second compile went through the daemon: {requests} requests"
     );
     Ok(())
 }
@@ -701,10 +698,10 @@ fn daemon_errors_fall_back_to_the_compiler() -> TestResult {
     let through = sandbox.hpcc(&args);
     harness::same_behaviour(&plain, &through, "a compile the daemon cannot serve")?;
     ensure!(sandbox.read("x.o") == plain_object, "objects differ");
-    let shown = harness::text(&status(&sandbox).stdout);
+    let requests = status_count(&sandbox, "compile requests");
     ensure!(
-        shown.contains("compile requests       1"),
-        "the request reached the daemon: {shown}"
+        requests == 1,
+        "the request reached the daemon: {requests} requests"
     );
     Ok(())
 }
