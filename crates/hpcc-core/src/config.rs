@@ -11,6 +11,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod remote;
+
+pub use remote::{Backend, RemoteConfig, RemoteOptions};
+
 /// Environment variables that start with `HPCC_` but are not config keys.
 pub const NON_KEY_VARIABLES: &[&str] = &["HPCC_CONFIG", "HPCC_LOG"];
 
@@ -176,6 +180,9 @@ pub struct Config {
     pub stats: bool,
     /// The local daemon.
     pub daemon: DaemonConfig,
+    /// Remote stores behind the local cache, asked in order after it (served by the daemon).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<RemoteConfig>,
 }
 
 impl Default for Config {
@@ -190,6 +197,7 @@ impl Default for Config {
             file_prefix_map: true,
             stats: true,
             daemon: DaemonConfig::default(),
+            remote: Vec::new(),
         }
     }
 }
@@ -223,10 +231,35 @@ pub enum ConfigError {
 
 /// Parses the text of a config file. `path` is only used in messages.
 pub fn parse_file(path: &std::path::Path, text: &str) -> Result<Config, ConfigError> {
-    toml::from_str(text).map_err(|error| ConfigError::File {
+    let config: Config = toml::from_str(text).map_err(|error| ConfigError::File {
         path: path.to_path_buf(),
         message: error.message().to_owned(),
-    })
+    })?;
+    RemoteConfig::validate_all(&config.remote).map_err(|message| ConfigError::File {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(config)
+}
+
+/// Parses `HPCC_REMOTE`: a TOML array of inline tables, as `remote = [...]` would be written.
+fn parse_remote_variable(name: &str, value: &str) -> Result<Vec<RemoteConfig>, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wrapper {
+        remote: Vec<RemoteConfig>,
+    }
+    let invalid = |message: String| {
+        ConfigError::InvalidValue {
+        key: name.into(),
+        value: message,
+        expected: "a TOML array of remote tables, e.g. [{type = \"redis\", endpoint = \"redis://127.0.0.1\"}]",
+    }
+    };
+    let wrapper: Wrapper = toml::from_str(&format!("remote = {value}"))
+        .map_err(|error| invalid(error.message().to_owned()))?;
+    RemoteConfig::validate_all(&wrapper.remote).map_err(invalid)?;
+    Ok(wrapper.remote)
 }
 
 /// Applies `HPCC_*` variables from `env` over `base`. Pure: the caller passes the environment.
@@ -333,6 +366,7 @@ where
                         expected: "a byte count such as 256M, 1G or 0",
                     })?
             }
+            "REMOTE" => config.remote = parse_remote_variable(name, value)?,
             "DAEMON_REPLY_TIMEOUT_MS" => {
                 config.daemon.reply_timeout_ms = parse_number(name, value, "milliseconds")?
             }
@@ -460,6 +494,34 @@ mod tests {
             let error = merge_env(Config::default(), [(name, value)]).expect_err(value);
             assert!(error.to_string().contains(name), "{error}");
         }
+    }
+
+    #[test]
+    fn remote_variable_replaces_the_tables() {
+        let merged = merge_env(
+            Config::default(),
+            [(
+                "HPCC_REMOTE",
+                "[{type = \"redis\", endpoint = \"redis://127.0.0.1:1\", read_timeout_ms = 50}]",
+            )],
+        )
+        .expect("valid remote variable");
+        assert_eq!(merged.remote.len(), 1);
+        assert_eq!(merged.remote[0].options.read_timeout_ms, 50);
+        for value in [
+            "redis",
+            "[{type = \"redis\"}]",
+            "[{type = \"redis\", endpoint = \"x\", ttl = 1}]",
+        ] {
+            let error = merge_env(Config::default(), [("HPCC_REMOTE", value)]).expect_err(value);
+            assert!(error.to_string().contains("HPCC_REMOTE"), "{error}");
+        }
+        let error = parse_file(
+            Path::new("c.toml"),
+            "[[remote]]\ntype = \"cluster\"\nreplicas = 3\nendpoints = []\n",
+        )
+        .expect_err("empty cluster");
+        assert!(error.to_string().contains("c.toml"), "{error}");
     }
 
     #[test]

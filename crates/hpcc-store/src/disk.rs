@@ -173,11 +173,51 @@ impl DiskStore {
                     source,
                 }
             })?;
+        self.install(kind, key, &header, &body)
+    }
+
+    /// Reads the entry for `key` exactly as stored (header and compressed body), for copying
+    /// it to another store. `Ok(None)`: no entry, or one that fails its checks (removed).
+    pub fn get_encoded(&self, kind: Kind, key: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.layout.entry_path(kind, key);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::ReadEntry { path, source }),
+        };
+        if verify_encoded(kind, key, &bytes).is_none() {
+            let file_len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+            self.discard_corrupt(key, &path, file_len);
+            return Ok(None);
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Stores an entry read from another store with [`DiskStore::get_encoded`], after
+    /// checking it: an entry that fails its checks is refused with [`StoreError::Corrupt`]
+    /// and nothing is written.
+    pub fn put_encoded(&self, kind: Kind, key: &Digest, encoded: &[u8]) -> Result<(), StoreError> {
+        if verify_encoded(kind, key, encoded).is_none() {
+            return Err(StoreError::Corrupt { key: key.to_hex() });
+        }
+        let (header, body) = encoded.split_at(HEADER_LEN);
+        self.install(kind, key, header, body)
+    }
+
+    /// Writes `header` and `body` as the entry for `key`: temporary file, rename, accounting,
+    /// eviction.
+    fn install(
+        &self,
+        kind: Kind,
+        key: &Digest,
+        header: &[u8],
+        body: &[u8],
+    ) -> Result<(), StoreError> {
         let entry_path = self.layout.entry_path(kind, key);
         let shard_dir = self.layout.shard_dir(kind, key.0[0]);
 
         let (temp_path, mut temp_file) = create_temp(&shard_dir)?;
-        if let Err(source) = write_all_vectored(&mut temp_file, &header, &body) {
+        if let Err(source) = write_all_vectored(&mut temp_file, header, body) {
             drop(temp_file);
             let _ = fs::remove_file(&temp_path);
             return Err(StoreError::WriteTemp {
@@ -317,6 +357,17 @@ impl DiskStore {
         }
         Lookup::Corrupt
     }
+}
+
+/// Checks an encoded entry (header and body, as stored) for `key` and returns its payload;
+/// `None` if it is truncated, altered, or stored under another key or kind.
+pub fn verify_encoded(kind: Kind, key: &Digest, encoded: &[u8]) -> Option<Vec<u8>> {
+    if encoded.len() < HEADER_LEN {
+        return None;
+    }
+    let (header, body) = encoded.split_at(HEADER_LEN);
+    let header: Header = header.try_into().ok()?;
+    format::decode(kind, key, &header, body.to_vec()).ok()
 }
 
 fn total(all: &[Usage; SHARDS]) -> Usage {

@@ -37,6 +37,12 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// An encoded entry given to `put_encoded` failed its checks.
+    #[error("entry {key} from another store is corrupt")]
+    Corrupt {
+        /// The key, in hex.
+        key: String,
+    },
     /// The payload passed to `put` is larger than the format allows.
     #[error("payload for key {key} is {len} bytes, above the {max}-byte limit")]
     PayloadTooLarge {

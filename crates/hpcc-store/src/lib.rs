@@ -47,6 +47,8 @@ mod format;
 mod layout;
 pub mod memory;
 mod positioned;
+#[cfg(feature = "remote")]
+pub mod remote;
 
 #[cfg(test)]
 mod test_util {
@@ -65,7 +67,7 @@ mod test_util {
 }
 
 pub use digests::{FileDigests, FileId, Known};
-pub use disk::{CleanReport, DiskConfig, DiskStore, EvictReport};
+pub use disk::{verify_encoded, CleanReport, DiskConfig, DiskStore, EvictReport};
 pub use error::StoreError;
 pub use format::Codec;
 pub use memory::{Fetched, MemoryTier};

@@ -1,0 +1,223 @@
+//! Remote stores (feature `remote`): the async [`Store`] trait, its backends, clusters of
+//! them, and [`Tiers`], the ordered set of stores behind the local cache.
+//!
+//! Every store holds *encoded entries*: the bytes of a disk-store entry file, whose header
+//! carries a checksum keyed with the cache key and kind (see `format`). A store moves them as
+//! opaque bytes; [`Tiers`] checks each one it reads with [`crate::verify_encoded`] before it
+//! is used or copied, so a corrupted, truncated or misplaced object is a miss, never an input.
+//!
+//! Failure model: every call has a deadline (retries of idempotent calls included), a body
+//! is read up to [`MAX_OBJECT_LEN`] whatever its length header says, and a store that fails or
+//! times out is skipped for its cooldown ([`Health`]), so an outage costs one timeout, not
+//! one per compile.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hpcc_core::config::{Backend, RemoteConfig};
+use hpcc_core::digest::Digest;
+
+use crate::Kind;
+
+mod backend;
+mod cluster;
+mod disk;
+mod health;
+mod stats;
+mod tiers;
+mod watermark;
+
+pub use backend::{OpendalStore, Timeouts};
+pub use cluster::{rank, Cluster};
+pub use disk::DiskTier;
+pub use health::Health;
+pub use stats::{TierStats, LATENCY_BUCKETS_US};
+pub use tiers::{Found, Tier, Tiers, Verified, UPLOAD_QUEUE_BYTES, UPLOAD_QUEUE_ENTRIES};
+pub use watermark::{victims, Watermark};
+
+/// The largest object a store read accepts; a longer body is cut off and the read fails.
+pub const MAX_OBJECT_LEN: u64 = 1 << 30;
+
+/// One object as listed by [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The object's path in the store.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was written, if the store knows.
+    pub modified: Option<SystemTime>,
+}
+
+/// A failed store call. A miss is not an error (`Ok(None)`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The call did not finish within its deadline.
+    #[error("{store}: {operation} {path} timed out after {after:?}")]
+    Timeout {
+        /// The store's name.
+        store: String,
+        /// `get`, `put`, ...
+        operation: &'static str,
+        /// The object.
+        path: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The backend reported an error.
+    #[error("{store}: {operation} {path} failed")]
+    Backend {
+        /// The store's name.
+        store: String,
+        /// `get`, `put`, ...
+        operation: &'static str,
+        /// The object.
+        path: String,
+        /// What the backend said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A body longer than [`MAX_OBJECT_LEN`].
+    #[error("{store}: {path} is longer than {limit} bytes; read cut off")]
+    TooLarge {
+        /// The store's name.
+        store: String,
+        /// The object.
+        path: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The store cannot do this (listing Redis, say).
+    #[error("{store}: cannot {operation}")]
+    Unsupported {
+        /// The store's name.
+        store: String,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// The store is in its cooldown after failing; it was not asked.
+    #[error("{store}: skipped for {remaining:?} after a failure")]
+    Down {
+        /// The store's name.
+        store: String,
+        /// Time left.
+        remaining: Duration,
+    },
+    /// The configuration cannot make a store.
+    #[error("remote store {store}: {message}")]
+    Config {
+        /// The store's name.
+        store: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl RemoteError {
+    /// Whether this is a timeout (counted apart from other errors).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RemoteError::Timeout { .. })
+    }
+}
+
+/// A store of encoded entries, addressed by kind and key.
+///
+/// Implementations bound every call in time and never return a partial object as a hit.
+/// `get` returns `Ok(None)` for a missing object; errors are failures of the store.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// The store's name, for statistics, messages and cluster hashing.
+    fn name(&self) -> &str;
+
+    /// Reads the object for `key`.
+    async fn get(&self, kind: Kind, key: &Digest) -> Result<Option<Bytes>, RemoteError>;
+
+    /// Writes the object for `key`, replacing any other.
+    async fn put(&self, kind: Kind, key: &Digest, object: Bytes) -> Result<(), RemoteError>;
+
+    /// Whether an object exists for `key`, without reading it.
+    async fn exists(&self, kind: Kind, key: &Digest) -> Result<bool, RemoteError>;
+
+    /// Removes the object for `key`; removing a missing one is not an error.
+    async fn delete(&self, kind: Kind, key: &Digest) -> Result<(), RemoteError>;
+
+    /// Every object, with size and write time. Optional: the default is
+    /// [`RemoteError::Unsupported`].
+    async fn list(&self) -> Result<Vec<Listed>, RemoteError> {
+        Err(RemoteError::Unsupported {
+            store: self.name().to_owned(),
+            operation: "list",
+        })
+    }
+
+    /// Removes an object by the path [`Store::list`] gave. Optional, like `list`.
+    async fn delete_path(&self, path: &str) -> Result<(), RemoteError> {
+        let _ = path;
+        Err(RemoteError::Unsupported {
+            store: self.name().to_owned(),
+            operation: "delete by path",
+        })
+    }
+
+    /// Bytes held, by listing. Optional, like `list`.
+    async fn size(&self) -> Result<u64, RemoteError> {
+        Ok(self.list().await?.iter().map(|object| object.size).sum())
+    }
+}
+
+/// The path of an object: `cache/<m|r>/<2 hex>/<62 hex>`, so that a bucket can be shared
+/// with other data and listed by kind.
+pub fn object_path(kind: Kind, key: &Digest) -> String {
+    let hex = key.to_hex();
+    let kind = match kind {
+        Kind::Manifest => 'm',
+        Kind::Result => 'r',
+    };
+    format!("cache/{kind}/{}/{}", &hex[..2], &hex[2..])
+}
+
+/// Makes the store a `[[remote]]` table describes (a cluster with its members).
+pub fn open(config: &RemoteConfig) -> Result<Arc<dyn Store>, RemoteError> {
+    match &config.backend {
+        Backend::Cluster {
+            replicas,
+            endpoints,
+        } => {
+            let members = endpoints
+                .iter()
+                .map(|member| {
+                    let store = OpendalStore::open(member)?;
+                    Ok((
+                        Arc::new(store) as Arc<dyn Store>,
+                        Duration::from_secs(member.options.cooldown_secs),
+                    ))
+                })
+                .collect::<Result<Vec<_>, RemoteError>>()?;
+            let replicas = usize::try_from(*replicas).unwrap_or(usize::MAX);
+            Ok(Arc::new(Cluster::new(
+                config.display_name(),
+                members,
+                replicas,
+            )?))
+        }
+        _ => Ok(Arc::new(OpendalStore::open(config)?)),
+    }
+}
+
+/// Spawns `future` on the current tokio runtime under `name` (kept in the task's span).
+pub(crate) fn spawn_named<F>(name: &'static str, future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument;
+    #[allow(clippy::disallowed_methods)]
+    tokio::spawn(future.instrument(tracing::debug_span!("task", name)))
+}
+
+#[cfg(test)]
+mod tests;
