@@ -97,8 +97,8 @@ if { wants hpcc || wants hpcc-daemon; } && [[ -z $HPCC ]]; then
   [[ $target == /* ]] || target=$repo/$target
   HPCC=$target/release/hpcc
   if [[ ! -x $HPCC ]]; then
-    say "building hpcc: cargo build --release -p hpcc-cli"
-    (cd "$repo" && cargo build --release -p hpcc-cli) >&2 || say "hpcc build failed"
+    say "building hpcc: cargo build --release -p hpcc-cli -p hpcc-daemon"
+    (cd "$repo" && cargo build --release -p hpcc-cli -p hpcc-daemon) >&2 || say "hpcc build failed"
   fi
 fi
 ccache_bin=$(resolve "$CCACHE")

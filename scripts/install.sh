@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs hpcc into ~/.cargo/bin and runs a cached build of examples/hello: a miss, then a
+# Installs hpcc and its daemon hpccd into ~/.cargo/bin and runs a cached build of examples/hello: a miss, then a
 # hit, then `hpcc stats`. Needs cargo and gcc (both present on a stock developer machine).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +16,9 @@ fi
 host=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     cargo install --quiet --locked --force --path "$repo/crates/hpcc-cli" --target "$host"
+# The daemon is long-running, so its start-up does not matter; it links the remote-store
+# clients and is built the ordinary way.
+cargo install --quiet --locked --force --path "$repo/crates/hpcc-daemon"
 bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 export PATH="$bin:$PATH"
 echo "installed: $(command -v hpcc) ($(hpcc --version))"

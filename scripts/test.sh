@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests use (clang,
-# ccache, cmake; gcc/g++/make if missing), then formatting, lints, unit and integration tests.
+# ccache, cmake, redis-server; gcc/g++/make if missing; moto's S3 server from PyPI), then
+# formatting, lints, unit and integration tests. The tests start and stop the servers
+# themselves, on loopback.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 packages=()
-for tool in gcc:gcc g++:g++ make:make clang:clang ccache:ccache cmake:cmake; do
+for tool in gcc:gcc g++:g++ make:make clang:clang ccache:ccache cmake:cmake \
+    redis-server:redis-server redis-cli:redis-tools; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || packages+=("${tool#*:}")
 done
 if ((${#packages[@]})); then
@@ -14,6 +17,11 @@ if ((${#packages[@]})); then
     echo "installing: ${packages[*]}"
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+if ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
+    echo "installing: moto[server] (pip)"
+    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
 fi
 
 echo "== cargo fmt --check"

@@ -105,6 +105,8 @@ pub struct Job<'a> {
     memory: Option<&'a MemoryTier>,
     /// The daemon's decoded manifests.
     manifests: Option<&'a ManifestCache>,
+    /// The daemon's remote stores, asked after a local miss.
+    remote: Option<&'a dyn RemoteFallback>,
     /// Where the caller's directory is, for brevity.
     cwd: &'a Path,
 }
@@ -137,6 +139,16 @@ pub struct Warm<'a> {
     pub memory: &'a MemoryTier,
     /// Decoded manifests with their paths resolved.
     pub manifests: &'a ManifestCache,
+    /// Remote stores behind the local one, if any are configured.
+    pub remote: Option<&'a dyn RemoteFallback>,
+}
+
+/// Stores behind the local cache, which a daemon asks after a local miss. This crate knows
+/// no remote store: the daemon (`hpcc-daemon`) implements it, so the wrapper links none.
+pub trait RemoteFallback: Sync {
+    /// Looks `key` up behind `store`; on a hit, copies the verified entry into `store` and
+    /// returns `true`. Never fails: any fault of a remote store is a miss.
+    fn fetch_into(&self, store: &DiskStore, kind: Kind, key: &Digest) -> bool;
 }
 
 /// A decoded manifest; in the daemon (`hot`), with every entry's paths resolved for one
@@ -235,6 +247,7 @@ impl<'a> Job<'a> {
             lookup_only: false,
             memory: None,
             manifests: None,
+            remote: None,
             cwd: &caller.cwd,
         }
     }
@@ -247,12 +260,31 @@ impl<'a> Job<'a> {
             self.hot = Some(warm.hot);
             self.memory = Some(warm.memory);
             self.manifests = Some(warm.manifests);
+            self.remote = warm.remote;
         }
         self
     }
 
     /// Reads an entry through the memory tier, if there is one.
     fn fetch(&self, kind: Kind, key: &hpcc_core::digest::Digest) -> Result<Fetched> {
+        let local = self.fetch_local(kind, key)?;
+        if matches!(local, Fetched::Hit(_)) {
+            return Ok(local);
+        }
+        // Behind the local cache: the daemon's remote tiers, which copy a verified entry into
+        // the local store before saying so.
+        match self.remote {
+            Some(remote) if remote.fetch_into(self.store, kind, key) => {
+                match self.fetch_local(kind, key)? {
+                    Fetched::Hit(bytes) => Ok(Fetched::Hit(bytes)),
+                    _ => Ok(local),
+                }
+            }
+            _ => Ok(local),
+        }
+    }
+
+    fn fetch_local(&self, kind: Kind, key: &hpcc_core::digest::Digest) -> Result<Fetched> {
         Ok(match self.memory {
             Some(memory) => memory.get(self.store, kind, key)?,
             None => match self.store.get(kind, key)? {

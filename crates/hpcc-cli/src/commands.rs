@@ -1,6 +1,7 @@
 //! The user commands: `stats`, `config`, `clean`, `wrap`, `--help`, `--version`.
 
 use std::ffi::{OsStr, OsString};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -123,6 +124,7 @@ fn stats_command(rest: &[OsString]) -> Result<()> {
     };
     let uncacheable = group(stats::names::UNCACHEABLE);
     let errors = group(stats::names::ERRORS);
+    let remote = remote_tiers(&group("remote"));
     let lookups = direct + preprocessor + misses;
     let hit_rate = if lookups == 0 {
         0.0
@@ -141,6 +143,22 @@ fn stats_command(rest: &[OsString]) -> Result<()> {
             "cache_size_bytes": size,
             "cache_entries": entries,
             "max_size_bytes": settings.config.max_size.0,
+            "remote": remote
+                .iter()
+                .map(|(tier, counters)| {
+                    let mut fields: serde_json::Map<String, serde_json::Value> = counters
+                        .iter()
+                        .filter(|(name, _)| !name.starts_with("get_"))
+                        .map(|(name, value)| (name.clone(), (*value).into()))
+                        .collect();
+                    for (label, permille) in [("get_p50_us", 500), ("get_p99_us", 990)] {
+                        if let Some(micros) = latency_quantile(counters, permille) {
+                            fields.insert(label.into(), micros.into());
+                        }
+                    }
+                    (tier.clone(), serde_json::Value::Object(fields))
+                })
+                .collect::<serde_json::Map<_, _>>(),
         });
         say!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -157,12 +175,91 @@ fn stats_command(rest: &[OsString]) -> Result<()> {
         say!("errors: {kind:<27} {count}");
     }
     say!("corrupt entries        {}", get(stats::names::CORRUPT));
+    for (tier, counters) in &remote {
+        let count = |name: &str| counters.get(name).copied().unwrap_or(0);
+        let latency = match (
+            latency_quantile(counters, 500),
+            latency_quantile(counters, 990),
+        ) {
+            (Some(p50), Some(p99)) => format!(", get p50 <= {p50} us, p99 <= {p99} us"),
+            _ => String::new(),
+        };
+        say!(
+            "remote {tier}: {} hits, {} misses, {} errors ({} timeouts), {} corrupt, {} skipped, {} read, {} written in {} objects, {} dropped{latency}",
+            count("hits"),
+            count("misses"),
+            count("errors"),
+            count("timeouts"),
+            count("corrupt"),
+            count("skipped"),
+            human(count("bytes_read")),
+            human(count("bytes_written")),
+            count("writes"),
+            count("dropped"),
+        );
+    }
     say!(
         "cache size             {} in {entries} files (max {})",
         human(size),
         settings.config.max_size
     );
     Ok(())
+}
+
+/// `remote.<tier>.<counter>` statistics by tier; tier names may hold dots, counters do not.
+fn remote_tiers(
+    counters: &[(String, u64)],
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> {
+    let mut tiers: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
+        std::collections::BTreeMap::new();
+    for (name, value) in counters {
+        if let Some((tier, counter)) = name.rsplit_once('.') {
+            *tiers
+                .entry(tier.to_owned())
+                .or_default()
+                .entry(counter.to_owned())
+                .or_default() += value;
+        }
+    }
+    tiers
+}
+
+/// The upper bound, in microseconds, of the latency bucket holding `permille`/1000 of the reads
+/// (`get_le_<bound>us` buckets); `None` without reads.
+fn latency_quantile(
+    counters: &std::collections::BTreeMap<String, u64>,
+    permille: u64,
+) -> Option<u64> {
+    let mut buckets: Vec<(u64, u64)> = counters
+        .iter()
+        .filter_map(|(name, count)| {
+            let bound = name
+                .strip_prefix("get_le_")?
+                .strip_suffix("us")?
+                .parse()
+                .ok()?;
+            Some((bound, *count))
+        })
+        .collect();
+    let slower: u64 = counters
+        .iter()
+        .filter(|(name, _)| name.starts_with("get_gt_"))
+        .map(|(_, count)| *count)
+        .sum();
+    buckets.sort_unstable();
+    let total: u64 = buckets.iter().map(|(_, count)| count).sum::<u64>() + slower;
+    if total == 0 {
+        return None;
+    }
+    let wanted = total.saturating_mul(permille).div_ceil(1000);
+    let mut seen = 0;
+    for (bound, count) in &buckets {
+        seen += count;
+        if seen >= wanted {
+            return Some(*bound);
+        }
+    }
+    Some(u64::MAX)
 }
 
 fn human(bytes: u64) -> String {
@@ -219,7 +316,11 @@ fn clean_command(rest: &[OsString]) -> Result<()> {
 
 fn daemon_command(rest: &[OsString]) -> Result<()> {
     no_arguments("daemon", rest)?;
-    crate::daemon::server::run(Settings::load()?)
+    // The daemon is its own binary, so that this one links no async runtime; `exec` keeps
+    // this process's pid, terminal and environment for it.
+    let daemon = crate::daemon::daemon_binary()?;
+    let error = std::process::Command::new(&daemon).exec();
+    Err(error).with_context(|| format!("running {}", daemon.display()))
 }
 
 fn start_command(rest: &[OsString]) -> Result<()> {
@@ -309,4 +410,31 @@ fn shell_escape(path: &Path) -> String {
         .replace('"', "\\\"")
         .replace('$', "\\$")
         .replace('`', "\\`")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_counters_group_by_tier_and_give_quantiles() {
+        let counters = vec![
+            ("redis:redis://127.0.0.1:1/0.hits".to_owned(), 3),
+            ("redis:redis://127.0.0.1:1/0.get_le_100us".to_owned(), 98),
+            ("redis:redis://127.0.0.1:1/0.get_le_5000us".to_owned(), 1),
+            (
+                "redis:redis://127.0.0.1:1/0.get_gt_10000000us".to_owned(),
+                1,
+            ),
+            ("s3.misses".to_owned(), 2),
+        ];
+        let tiers = remote_tiers(&counters);
+        assert_eq!(tiers.len(), 2);
+        let redis = &tiers["redis:redis://127.0.0.1:1/0"];
+        assert_eq!(redis["hits"], 3);
+        assert_eq!(latency_quantile(redis, 500), Some(100));
+        assert_eq!(latency_quantile(redis, 990), Some(5000));
+        assert_eq!(latency_quantile(redis, 1000), Some(u64::MAX));
+        assert_eq!(latency_quantile(&tiers["s3"], 500), None);
+    }
 }

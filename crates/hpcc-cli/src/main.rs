@@ -10,45 +10,18 @@
 //! compiler untouched, via `exec`, so its exit code, stdout, stderr and files are its own.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-mod cache;
-mod caller;
-mod commands;
-mod daemon;
-mod deps;
-mod find;
-mod hot;
-mod identity;
-mod includes;
-mod settings;
-mod stats;
-
 use std::cell::RefCell;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::sync::Mutex;
 
+use hpcc_cli::{cache, caller, commands, daemon, find, record_error, settings, stats, ERRORS};
 use hpcc_core::args::{self, Classification, NotCacheable};
 use hpcc_store::DiskStore;
 
-/// Error kinds noticed during this run, added to the stats at the end.
-static ERRORS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-
-/// Notes an internal error of `kind` for the stats (`errors.<kind>`).
-pub fn record_error(kind: &'static str) {
-    if let Ok(mut errors) = ERRORS.lock() {
-        errors.push(kind);
-    }
-}
-
 fn main() -> ExitCode {
-    if std::env::var_os("HPCC_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("HPCC_LOG"))
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    hpcc_cli::init_logging();
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     if argv.is_empty() {
         eprintln!("hpcc: started without argv[0]");

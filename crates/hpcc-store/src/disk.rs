@@ -206,7 +206,7 @@ impl DiskStore {
 
     /// Writes `header` and `body` as the entry for `key`: temporary file, rename, accounting,
     /// eviction.
-    fn install(
+    pub(crate) fn install(
         &self,
         kind: Kind,
         key: &Digest,

@@ -240,16 +240,15 @@ fn is_running(endpoint: &Endpoint) -> bool {
     matches!(file.try_lock_shared(), Err(fs::TryLockError::WouldBlock))
 }
 
-/// Starts `hpcc daemon` detached: its own process group, no terminal, output to the log file.
+/// Starts `hpccd` detached: its own process group, no terminal, output to the log file.
 fn spawn(endpoint: &Endpoint) -> Result<u32> {
-    let exe = std::env::current_exe().context("locating the hpcc executable")?;
+    let exe = super::daemon_binary()?;
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(endpoint.log_file())
         .with_context(|| format!("opening {}", endpoint.log_file().display()))?;
-    let child = Command::new(exe)
-        .arg("daemon")
+    let child = Command::new(&exe)
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicating the log file")?)
         .stderr(log)
@@ -257,7 +256,7 @@ fn spawn(endpoint: &Endpoint) -> Result<u32> {
         // resolve as they did for the wrapper; the daemon moves to `/` once it has read them.
         .process_group(0)
         .spawn()
-        .context("starting hpcc daemon")?;
+        .with_context(|| format!("starting {}", exe.display()))?;
     Ok(child.id())
 }
 

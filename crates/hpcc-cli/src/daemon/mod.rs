@@ -2,7 +2,7 @@
 //! from state it keeps between compiles, deduplicates identical compiles in flight and limits
 //! how many compiles run at once.
 //!
-//! - [`server`]: `hpcc daemon`, the process itself.
+//! - The process itself is `hpccd` (crate `hpcc-daemon`), found by [`daemon_binary`].
 //! - [`client`]: the wrapper's side, and `hpcc start`, `stop`, `status`.
 //!
 //! **Who runs the compiler.** The daemon looks compiles up and serves hits (writing the outputs
@@ -20,7 +20,6 @@
 //! its pid) and `<name>.log`.
 
 pub mod client;
-pub mod server;
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -35,6 +34,25 @@ use hpcc_core::ipc::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 use prost::Message;
 
 use crate::settings::Settings;
+
+/// The `hpccd` executable: beside this one (as installed and as cargo builds them), else on
+/// `PATH`.
+pub fn daemon_binary() -> Result<PathBuf> {
+    const NAME: &str = "hpccd";
+    if let Some(beside) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(NAME)))
+        .filter(|path| path.is_file())
+    {
+        return Ok(beside);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(NAME))
+        .find(|path| path.is_file())
+        .with_context(|| format!("{NAME} is neither beside hpcc nor on PATH"))
+}
 
 /// Where the daemon for one cache and configuration listens and leaves its files.
 #[derive(Clone, Debug)]
@@ -120,7 +138,7 @@ pub fn runtime_dir() -> Result<PathBuf> {
 }
 
 /// Writes `contents` to `path` readable by the owner only, atomically.
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     let temp = path.with_extension(format!("tmp-{}", std::process::id()));
     let result = (|| {
         let mut file = fs::OpenOptions::new()

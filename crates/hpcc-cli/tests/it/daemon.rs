@@ -59,7 +59,7 @@ fn started_project(settings: &[(&str, &str)]) -> Result<(Sandbox, Vec<u8>), Stri
 }
 
 /// Waits up to `limit` for `condition`.
-fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         if condition() {
@@ -487,7 +487,7 @@ fn compile_limit_is_respected() -> TestResult {
 
 /// A project of `count` C files sharing headers, with a Makefile; the `.o` files the plain
 /// compiler makes for them, by name.
-fn make_project(sandbox: &Sandbox, count: usize) -> Result<Vec<(String, Vec<u8>)>, String> {
+pub fn make_project(sandbox: &Sandbox, count: usize) -> Result<Vec<(String, Vec<u8>)>, String> {
     sandbox.write(
         "common.h",
         "#define BIAS 7\nstatic inline int twice(int v) { return 2 * v; }\n",
@@ -520,7 +520,7 @@ fn make_project(sandbox: &Sandbox, count: usize) -> Result<Vec<(String, Vec<u8>)
     Ok(expected)
 }
 
-fn check_objects(sandbox: &Sandbox, expected: &[(String, Vec<u8>)]) -> TestResult {
+pub fn check_objects(sandbox: &Sandbox, expected: &[(String, Vec<u8>)]) -> TestResult {
     for (name, bytes) in expected {
         let built = fs::read(sandbox.project.join(name)).ctx(&format!("reading {name}"))?;
         ensure!(&built == bytes, "{name} differs from the plain compiler's");
@@ -528,7 +528,7 @@ fn check_objects(sandbox: &Sandbox, expected: &[(String, Vec<u8>)]) -> TestResul
     Ok(())
 }
 
-fn make(sandbox: &Sandbox) -> Command {
+pub fn make(sandbox: &Sandbox) -> Command {
     let cc = format!("CC={} gcc", harness::hpcc_binary().display());
     let mut command = sandbox.plain_command(&["make", "-s", "-j4", &cc]);
     command.stdout(Stdio::piped()).stderr(Stdio::piped());

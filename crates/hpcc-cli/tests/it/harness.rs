@@ -23,11 +23,25 @@ pub enum Need {
     Cmake,
     /// GNU make on PATH.
     Make,
+    /// redis-server and redis-cli on PATH.
+    Redis,
+    /// moto's S3 server (`python3 -m moto.server`).
+    S3,
 }
 
 fn on_path(program: &str) -> bool {
     Command::new(program)
         .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false)
+}
+
+fn moto_installed() -> bool {
+    Command::new("python3")
+        .args(["-c", "import moto.server, flask"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -53,6 +67,11 @@ pub fn missing(needs: &[Need]) -> Option<String> {
             Need::NotRoot => is_root().then_some("running as root: permission bits not enforced"),
             Need::Cmake => (!on_path("cmake")).then_some("cmake not installed"),
             Need::Make => (!on_path("make")).then_some("make not installed"),
+            Need::Redis => (!on_path("redis-server") || !on_path("redis-cli"))
+                .then_some("redis-server not installed"),
+            Need::S3 => {
+                (!moto_installed()).then_some("moto (pip install 'moto[server]') not installed")
+            }
         };
         if let Some(reason) = unmet {
             return Some(reason.to_owned());

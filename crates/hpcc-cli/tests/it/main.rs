@@ -13,6 +13,8 @@
 //! - `robustness`: concurrency, read-only and full cache directories, bad config.
 //! - `invocation`: masquerade symlinks, `hpcc wrap`, launcher style, commands.
 //! - `daemon`: the local daemon as real processes: lifecycle, refusals, dedup, faults.
+//! - `remote`: remote tiers on real Redis and S3 servers: sharing, backfill, faults.
+//! - `servers`: those servers, and misbehaving ones, on loopback.
 
 mod basic;
 mod correctness;
@@ -21,7 +23,9 @@ mod deps;
 mod harness;
 mod invocation;
 mod passthrough;
+mod remote;
 mod robustness;
+mod servers;
 mod sharing;
 
 use libtest_mimic::{Arguments, Trial};
@@ -42,6 +46,7 @@ fn main() {
     cases.extend(robustness::cases());
     cases.extend(invocation::cases());
     cases.extend(daemon::cases());
+    cases.extend(remote::cases());
     let trials = cases
         .into_iter()
         .map(|(name, needs, body)| {

@@ -352,3 +352,12 @@ async fn write_one(tier: &Arc<Tier>, object: &Verified) {
         }
     }
 }
+
+impl crate::DiskStore {
+    /// Stores an object fetched from a remote store, already verified for its kind and key
+    /// (so it is not decoded again).
+    pub fn put_verified(&self, object: &Verified) -> Result<(), crate::StoreError> {
+        let (header, body) = object.object.split_at(crate::format::HEADER_LEN);
+        self.install(object.kind, &object.key, header, body)
+    }
+}

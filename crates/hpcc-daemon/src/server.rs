@@ -1,4 +1,4 @@
-//! `hpcc daemon`: the process that serves lookups for every wrapper using one cache.
+//! The daemon's server: the process that serves lookups for every wrapper using one cache.
 //!
 //! Threads, not async: every request is a few milliseconds of file-system work, connections are
 //! local and few (one per running compile), and the cache code it shares with the wrapper is
@@ -33,12 +33,14 @@ use hpcc_proto::daemon::{
 use hpcc_proto::DAEMON_PROTOCOL_VERSION;
 use hpcc_store::{DiskStore, MemoryTier};
 
-use super::{write_private, Connection, Endpoint, ReceiveError};
-use crate::cache::{self, Outcome};
-use crate::caller::Caller;
-use crate::hot::HotFiles;
-use crate::settings::Settings;
-use crate::stats;
+use hpcc_cli::cache::{self, Outcome};
+use hpcc_cli::caller::Caller;
+use hpcc_cli::daemon::{write_private, Connection, Endpoint, ReceiveError};
+use hpcc_cli::hot::HotFiles;
+use hpcc_cli::settings::Settings;
+use hpcc_cli::stats;
+
+use crate::remote::Remote;
 
 /// Connections served at once; more are refused (their wrappers compile by themselves).
 const MAX_CONNECTIONS: usize = 512;
@@ -49,6 +51,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How often a waiting request tells its wrapper that the daemon is alive.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a stopping daemon waits for queued uploads to be written.
+const UPLOAD_FLUSH: Duration = Duration::from_secs(10);
 /// How often statistics are written to the cache directory.
 const STATS_FLUSH: Duration = Duration::from_secs(1);
 
@@ -102,6 +106,7 @@ pub fn run(settings: Settings) -> Result<()> {
         0 => std::thread::available_parallelism().map_or(2, usize::from),
         jobs => usize::try_from(jobs).unwrap_or(usize::MAX),
     };
+    let remote = Remote::start(&settings.config.remote).context("opening the remote stores")?;
     let (listener, endpoint_text, token) = bind(&endpoint, settings.config.daemon.transport)?;
     let daemon = Arc::new(Daemon {
         store,
@@ -110,6 +115,7 @@ pub fn run(settings: Settings) -> Result<()> {
         ),
         manifests: cache::ManifestCache::default(),
         hot: HotFiles::new(),
+        remote,
         slots: Slots::new(max_jobs),
         flights: Mutex::new(HashMap::new()),
         counts: Mutex::new(BTreeMap::new()),
@@ -377,6 +383,8 @@ struct Daemon {
     memory: MemoryTier,
     manifests: cache::ManifestCache,
     hot: HotFiles,
+    /// The remote tiers, when `[[remote]]` stores are configured.
+    remote: Option<Remote>,
     slots: Slots,
     flights: Mutex<HashMap<Digest, Arc<Flight>>>,
     counts: Mutex<BTreeMap<String, u64>>,
@@ -422,6 +430,11 @@ impl Daemon {
     }
 
     fn flush_stats(&self) {
+        if let Some(remote) = &self.remote {
+            for (name, value) in remote.drain_stats() {
+                self.count(&name, value);
+            }
+        }
         let counts = std::mem::take(&mut *lock(&self.counts));
         if counts.is_empty() {
             return;
@@ -470,6 +483,15 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(2);
         while self.requests_in_progress() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(remote) = &self.remote {
+            let queued = remote.queued_bytes();
+            if !remote.flush(UPLOAD_FLUSH) {
+                eprintln!(
+                    "hpcc daemon: {queued} bytes of uploads were not all written within {}s",
+                    UPLOAD_FLUSH.as_secs()
+                );
+            }
         }
         self.flush_stats();
         eprintln!("hpcc daemon: stopped");
@@ -652,6 +674,10 @@ impl Daemon {
                 hot: &self.hot,
                 memory: &self.memory,
                 manifests: &self.manifests,
+                remote: self
+                    .remote
+                    .as_ref()
+                    .map(|remote| remote as &dyn cache::RemoteFallback),
             }));
             let served = match job.run() {
                 Ok(served) => served,
@@ -810,19 +836,29 @@ impl Daemon {
     /// Reads what a wrapper just stored under `key` (a direct-mode manifest and its newest
     /// result, or a preprocessor-mode result) into the memory tier, so that the next build's
     /// first hit on it is served from memory. Best effort: this wrapper has its reply already.
+    ///
+    /// With remote tiers, the same entries are queued for upload.
     fn preload(&self, key: &Digest) {
         use hpcc_store::{Fetched, Kind};
+        let upload = |kind: Kind, key: &Digest| {
+            if let Some(remote) = &self.remote {
+                remote.upload(&self.store, kind, key);
+            }
+        };
         match self.memory.get(&self.store, Kind::Manifest, key) {
             Ok(Fetched::Hit(bytes)) => {
                 if let Ok(manifest) = hpcc_core::manifest::Manifest::decode(&bytes) {
                     // `Manifest::add` puts the newest entry first.
                     if let Some(entry) = manifest.entries.first() {
                         let _ = self.memory.get(&self.store, Kind::Result, &entry.result);
+                        upload(Kind::Result, &entry.result);
                     }
                 }
+                upload(Kind::Manifest, key);
             }
             _ => {
                 let _ = self.memory.get(&self.store, Kind::Result, key);
+                upload(Kind::Result, key);
             }
         }
     }
