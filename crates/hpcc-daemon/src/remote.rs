@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hpcc_cli::cache::RemoteFallback;
-use hpcc_core::config::RemoteConfig;
+use hpcc_core::config::{Backend, RemoteConfig};
 use hpcc_core::digest::Digest;
-use hpcc_store::remote::{self, Found, Tier, Tiers, Verified};
+use hpcc_store::remote::{self, Created, Found, Tier, Tiers, Verified};
 use hpcc_store::{DiskStore, Kind};
 
 /// The remote tiers and the runtime they run on.
@@ -42,6 +42,9 @@ impl Remote {
         let mut tiers = Vec::new();
         let mut stats_names = Vec::new();
         for config in configs {
+            for store in buckets_to_create(config) {
+                runtime.block_on(create_bucket(store));
+            }
             let store = remote::open(config)?;
             stats_names.push(stats_name(&config.display_name()));
             tiers.push(Tier::new(
@@ -106,6 +109,51 @@ impl RemoteFallback for Remote {
             },
             Found::Miss { .. } => false,
         }
+    }
+}
+
+/// The S3 stores of `config` (itself, or a cluster's members) that have `auto_create`.
+fn buckets_to_create(config: &RemoteConfig) -> Vec<&RemoteConfig> {
+    match &config.backend {
+        Backend::S3 {
+            auto_create: true, ..
+        } => vec![config],
+        Backend::Cluster { endpoints, .. } => {
+            endpoints.iter().flat_map(buckets_to_create).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Creates the bucket of an S3 store with `auto_create`, before anything is written to it.
+/// A failure is logged and the store used as it is: its calls then fail and are counted.
+async fn create_bucket(config: &RemoteConfig) {
+    let Backend::S3 {
+        bucket,
+        endpoint,
+        region,
+        virtual_host_style,
+        ..
+    } = &config.backend
+    else {
+        return;
+    };
+    let name = config.display_name();
+    let region = region.as_deref().unwrap_or("us-east-1");
+    let timeout = Duration::from_millis(config.options.write_timeout_ms);
+    match remote::create_bucket(
+        &name,
+        endpoint.as_deref(),
+        bucket,
+        region,
+        *virtual_host_style,
+        timeout,
+    )
+    .await
+    {
+        Ok(Created::Made) => eprintln!("hpcc daemon: created bucket {bucket} ({name})"),
+        Ok(Created::Existed) => {}
+        Err(error) => eprintln!("hpcc daemon: {error}"),
     }
 }
 

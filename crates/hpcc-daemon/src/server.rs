@@ -146,6 +146,25 @@ pub fn run(settings: Settings) -> Result<()> {
             .spawn(move || daemon.housekeeping())
             .context("starting the housekeeping thread")?;
     }
+    {
+        // SIGTERM (systemd, `kill`) and SIGINT (Ctrl-C in the foreground) stop the daemon the
+        // way `hpcc stop` does, so queued uploads are written and statistics flushed.
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])
+        .context("installing signal handlers")?;
+        let daemon = Arc::clone(&daemon);
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    eprintln!("hpcc daemon: signal {signal}, stopping");
+                    daemon.stop();
+                }
+            })
+            .context("starting the signal thread")?;
+    }
     listener.serve(&daemon);
     daemon.shut_down();
     drop(lock);

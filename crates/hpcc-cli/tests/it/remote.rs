@@ -3,6 +3,7 @@
 //! or trickle; a cluster with a member down; a corrupted remote object.
 
 use std::fs;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::daemon::{check_objects, eventually, make, make_project};
@@ -129,6 +130,38 @@ fn redis_shared_by_two_machines() -> TestResult {
     Ok(())
 }
 
+fn sigterm_stops_the_daemon_after_its_uploads() -> TestResult {
+    let dir = tempfile::tempdir().ctx("tempdir")?;
+    let redis = servers::redis(dir.path())?;
+    let remote = format!("[{}]", redis_tier("redis", redis.port));
+    let a = machine(&remote, true);
+    make_project(&a, 4)?;
+    harness::settle();
+    a.start_daemon()?;
+    let pid = a.daemon_pid().ok_or("no daemon pid")?;
+    build(&a, "the build")?;
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .ctx("kill -TERM")?;
+    ensure!(
+        eventually(Duration::from_secs(15), || !harness::process_alive(pid)),
+        "the daemon ignored SIGTERM"
+    );
+    let keys = servers::redis_cli(redis.port, &["DBSIZE"])?;
+    ensure!(
+        keys.trim() == "8",
+        "Redis holds {} objects of 8",
+        keys.trim()
+    );
+    ensure!(
+        tier_count(&a, "redis", "writes") == 8,
+        "statistics were flushed on SIGTERM: {}",
+        a.stats()
+    );
+    Ok(())
+}
+
 fn s3_behind_redis_backfills_it() -> TestResult {
     let dir = tempfile::tempdir().ctx("tempdir")?;
     let redis = servers::redis(dir.path())?;
@@ -167,6 +200,24 @@ fn s3_behind_redis_backfills_it() -> TestResult {
         "backfill writes: {}",
         b.stats()
     );
+    Ok(())
+}
+
+fn s3_bucket_created_only_when_asked() -> TestResult {
+    let s3 = servers::s3("existing")?;
+    // Without auto_create a missing bucket stays missing: its calls fail (and the store sits
+    // out its cooldown), nothing is written, and the build still passes.
+    let plain = format!("[{{type = \"s3\", name = \"s3\", bucket = \"fresh\", endpoint = \"http://127.0.0.1:{}\"}}]", s3.port);
+    let a = first_machine(&plain, 2)?;
+    ensure!(
+        tier_count(&a, "s3", "errors") >= 1 && tier_count(&a, "s3", "writes") == 0,
+        "writes to a missing bucket fail: {}",
+        a.stats()
+    );
+    // With auto_create the daemon makes it at start-up, and the cache is shared through it.
+    let creating = format!("[{{type = \"s3\", name = \"s3\", bucket = \"fresh\", auto_create = true, endpoint = \"http://127.0.0.1:{}\"}}]", s3.port);
+    let b = second_machine_hits(&creating, 4)?;
+    ensure!(tier_count(&b, "s3", "hits") == 8, "{}", b.stats());
     Ok(())
 }
 
@@ -335,6 +386,7 @@ pub fn cases() -> Vec<crate::Case> {
     const REDIS: &[Need] = &[Need::Gcc, Need::Make, Need::Redis];
     const REDIS_S3: &[Need] = &[Need::Gcc, Need::Make, Need::Redis, Need::S3];
     const MAKE: &[Need] = &[Need::Gcc, Need::Make];
+    const S3: &[Need] = &[Need::Gcc, Need::Make, Need::S3];
     vec![
         (
             "remote::redis_shared_by_two_machines",
@@ -342,9 +394,19 @@ pub fn cases() -> Vec<crate::Case> {
             redis_shared_by_two_machines,
         ),
         (
+            "remote::sigterm_stops_the_daemon_after_its_uploads",
+            REDIS,
+            sigterm_stops_the_daemon_after_its_uploads,
+        ),
+        (
             "remote::s3_behind_redis_backfills_it",
             REDIS_S3,
             s3_behind_redis_backfills_it,
+        ),
+        (
+            "remote::s3_bucket_created_only_when_asked",
+            S3,
+            s3_bucket_created_only_when_asked,
         ),
         (
             "remote::store_killed_mid_build",

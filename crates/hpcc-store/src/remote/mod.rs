@@ -23,6 +23,8 @@ use hpcc_core::digest::Digest;
 use crate::Kind;
 
 mod backend;
+#[cfg(feature = "s3")]
+mod bucket;
 mod cluster;
 mod disk;
 mod health;
@@ -31,6 +33,8 @@ mod tiers;
 mod watermark;
 
 pub use backend::{OpendalStore, Timeouts};
+#[cfg(feature = "s3")]
+pub use bucket::{create_bucket, Created};
 pub use cluster::{rank, Cluster};
 pub use disk::DiskTier;
 pub use health::Health;
