@@ -7,8 +7,11 @@
 # run on loopback. Phases, each a `make -jJOBS -f bench/build.mk` in one checkout:
 #
 #   plain-cold   plain gcc/g++, no cache
+#   cold-local   hpcc without remote tiers, empty cache (the control for the next two)
+#   cold-redis   hpcc with tiers [redis db 1], empty everything
 #   fill         hpcc with tiers [redis, s3], empty everything: misses, uploads to both
 #   local-warm   the same local cache, full                                   (REPEAT builds)
+#   warm-local   a full local cache without remote tiers (the control)         (REPEAT builds)
 #   redis-hit    empty local cache, tiers [redis, s3]: served by Redis       (REPEAT builds)
 #   s3-hit       empty local cache, tiers [s3]: served by S3                 (REPEAT builds)
 #
@@ -144,6 +147,31 @@ say "== plain cold"
 build gcc g++
 result[plain_cold]=$elapsed
 
+# cold_with NAME TIERS: one cold hpcc build through a new daemon with TIERS; sets $elapsed.
+cold_with() {
+  local cache=$scratch/cache-$1 cold_vars
+  with_daemon "$cache" "$2" "$hpcc" start >/dev/null
+  mapfile -t cold_vars < <(hpcc_env "$cache" "$2")
+  build "$hpcc gcc" "$hpcc g++" "${cold_vars[@]}"
+  with_daemon "$cache" "$2" "$hpcc" stop >/dev/null
+}
+say "== cold, no remote tiers"
+cold_with local "[]"
+result[cold_local]=$elapsed
+say "== warm, no remote tiers"
+with_daemon "$scratch/cache-local" "[]" "$hpcc" start >/dev/null
+mapfile -t vars < <(hpcc_env "$scratch/cache-local" "[]")
+warm=()
+for _ in $(seq "$REPEAT"); do
+  build "$hpcc gcc" "$hpcc g++" "${vars[@]}"
+  warm+=("$elapsed")
+done
+with_daemon "$scratch/cache-local" "[]" "$hpcc" stop >/dev/null
+result[warm_local]=$(printf '%s\n' "${warm[@]}" | median)
+say "== cold, Redis only"
+cold_with redis-only "[{type = \"redis\", name = \"redis1\", db = 1, endpoint = \"redis://127.0.0.1:$redis_port\"}]"
+result[cold_redis]=$elapsed
+
 both="[$redis_tier, $s3_tier]"
 fill_cache=$scratch/cache-fill
 say "== fill (cold hpcc, uploads to Redis and S3)"
@@ -197,8 +225,11 @@ report() {
   echo "| build | seconds | / local warm | / plain cold | hits | tier hits | fetch p50 | fetch p99 |"
   echo "|---|---|---|---|---|---|---|---|"
   echo "| plain cold | ${result[plain_cold]} | | 1.00 | | | | |"
+  echo "| hpcc cold, no remote tiers | ${result[cold_local]} | | $(ratio "${result[cold_local]}" "${result[plain_cold]}") | 0 | | | |"
+  echo "| hpcc cold, uploading to Redis | ${result[cold_redis]} | | $(ratio "${result[cold_redis]}" "${result[plain_cold]}") | 0 | | | |"
   echo "| hpcc cold, uploading to Redis + S3 | ${result[fill]} | | $(ratio "${result[fill]}" "${result[plain_cold]}") | 0 | | | |"
-  echo "| hpcc local warm (median of $REPEAT) | ${result[local_warm]} | 1.00 | $(ratio "${result[local_warm]}" "${result[plain_cold]}") | $expected | | | |"
+  echo "| hpcc warm, no remote tiers (median of $REPEAT) | ${result[warm_local]} | $(ratio "${result[warm_local]}" "${result[local_warm]}") | $(ratio "${result[warm_local]}" "${result[plain_cold]}") | $expected | | | |"
+  echo "| hpcc local warm with Redis + S3 tiers (median of $REPEAT) | ${result[local_warm]} | 1.00 | $(ratio "${result[local_warm]}" "${result[plain_cold]}") | $expected | | | |"
   local name label
   for name in redis s3; do
     label="remote hits from $([[ $name == redis ]] && echo Redis || echo S3), empty local cache (median of $REPEAT)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests use (clang,
-# ccache, cmake, redis-server; gcc/g++/make if missing; moto's S3 server from PyPI), then
+# ccache, cmake, redis-server, memcached; gcc/g++/make if missing; moto's S3 server from PyPI), then
 # formatting, lints, unit and integration tests. The tests start and stop the servers
 # themselves, on loopback.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$repo"
 
 packages=()
 for tool in gcc:gcc g++:g++ make:make clang:clang ccache:ccache cmake:cmake \
-    redis-server:redis-server redis-cli:redis-tools; do
+    redis-server:redis-server redis-cli:redis-tools memcached:memcached; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || packages+=("${tool#*:}")
 done
 if ((${#packages[@]})); then

@@ -299,8 +299,15 @@ fn config_command(rest: &[OsString]) -> Result<()> {
         }
     );
     say!("# injected when stderr is a colour terminal and no colour flag is given: -fdiagnostics-color=always");
+    if !settings.config.remote.is_empty() {
+        say!("# remote stores ([[remote]]) are asked by the daemon (hpccd), in this order");
+    }
     let mut shown = settings.config.clone();
     shown.cache_dir = Some(settings.cache_dir.clone());
+    shown
+        .remote
+        .iter_mut()
+        .for_each(hpcc_core::config::RemoteConfig::redact);
     say_raw!("{}", toml::to_string(&shown)?);
     Ok(())
 }

@@ -25,6 +25,8 @@ pub enum Need {
     Make,
     /// redis-server and redis-cli on PATH.
     Redis,
+    /// memcached on PATH.
+    Memcached,
     /// moto's S3 server (`python3 -m moto.server`).
     S3,
 }
@@ -32,6 +34,16 @@ pub enum Need {
 fn on_path(program: &str) -> bool {
     Command::new(program)
         .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false)
+}
+
+fn on_path_with(program: &str, flag: &str) -> bool {
+    Command::new(program)
+        .arg(flag)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -49,7 +61,8 @@ fn moto_installed() -> bool {
         .unwrap_or(false)
 }
 
-fn is_root() -> bool {
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -69,6 +82,9 @@ pub fn missing(needs: &[Need]) -> Option<String> {
             Need::Make => (!on_path("make")).then_some("make not installed"),
             Need::Redis => (!on_path("redis-server") || !on_path("redis-cli"))
                 .then_some("redis-server not installed"),
+            Need::Memcached => {
+                (!on_path_with("memcached", "-h")).then_some("memcached not installed")
+            }
             Need::S3 => {
                 (!moto_installed()).then_some("moto (pip install 'moto[server]') not installed")
             }

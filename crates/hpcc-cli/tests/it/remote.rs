@@ -130,6 +130,17 @@ fn redis_shared_by_two_machines() -> TestResult {
     Ok(())
 }
 
+fn memcached_shared_by_two_machines() -> TestResult {
+    let memcached = servers::memcached()?;
+    let remote = format!(
+        "[{{type = \"memcached\", name = \"mc\", endpoint = \"tcp://127.0.0.1:{}\"}}]",
+        memcached.port
+    );
+    let b = second_machine_hits(&remote, 4)?;
+    ensure!(tier_count(&b, "mc", "hits") == 8, "{}", b.stats());
+    Ok(())
+}
+
 fn sigterm_stops_the_daemon_after_its_uploads() -> TestResult {
     let dir = tempfile::tempdir().ctx("tempdir")?;
     let redis = servers::redis(dir.path())?;
@@ -392,6 +403,11 @@ pub fn cases() -> Vec<crate::Case> {
             "remote::redis_shared_by_two_machines",
             REDIS,
             redis_shared_by_two_machines,
+        ),
+        (
+            "remote::memcached_shared_by_two_machines",
+            &[Need::Gcc, Need::Make, Need::Memcached],
+            memcached_shared_by_two_machines,
         ),
         (
             "remote::sigterm_stops_the_daemon_after_its_uploads",

@@ -33,6 +33,20 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) -> Result<(), String>
     Err(format!("{what} did not listen on port {port} within 30 s"))
 }
 
+/// Starts `command` (output discarded) and waits until it listens on `port`.
+fn spawn_listening(mut command: Command, port: u16, what: &str) -> Result<Server, String> {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {what}: {e}"))?;
+    wait_for_port(port, &mut child, what)?;
+    Ok(Server {
+        child: Some(child),
+        port,
+    })
+}
+
 /// A server process, killed on drop.
 pub struct Server {
     child: Option<Child>,
@@ -59,28 +73,25 @@ impl Drop for Server {
 /// `redis-server` on a free port, without persistence.
 pub fn redis(dir: &Path) -> Result<Server, String> {
     let port = free_port()?;
-    let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting redis-server: {e}"))?;
-    wait_for_port(port, &mut child, "redis-server")?;
-    Ok(Server {
-        child: Some(child),
-        port,
-    })
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir);
+    spawn_listening(command, port, "redis-server")
+}
+
+/// `memcached` on a free port, taking items up to 64 MiB (the default is 1 MiB, less than a
+/// large object file).
+pub fn memcached() -> Result<Server, String> {
+    let port = free_port()?;
+    let mut command = Command::new("memcached");
+    command.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0"]);
+    command.args(["-m", "256", "-I", "64m"]);
+    if crate::harness::is_root() {
+        command.args(["-u", "root"]);
+    }
+    spawn_listening(command, port, "memcached")
 }
 
 /// Runs a command against the Redis server on `port`, returning its output.
@@ -99,24 +110,16 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Result<String, String> {
 /// moto's S3 server on a free port, with bucket `bucket` created.
 pub fn s3(bucket: &str) -> Result<Server, String> {
     let port = free_port()?;
-    let mut child = Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting moto's server: {e}"))?;
-    wait_for_port(port, &mut child, "moto's server")?;
-    let server = Server {
-        child: Some(child),
-        port,
-    };
+    let mut command = Command::new("python3");
+    command.args([
+        "-m",
+        "moto.server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ]);
+    let server = spawn_listening(command, port, "moto's server")?;
     // moto accepts an unsigned CreateBucket; hpcc itself never creates buckets unasked.
     let response = http_request(
         port,

@@ -184,6 +184,34 @@ impl RemoteConfig {
         }
     }
 
+    /// Replaces passwords with `<redacted>`, for showing the configuration.
+    pub fn redact(&mut self) {
+        match &mut self.backend {
+            Backend::Redis {
+                password: Some(password),
+                ..
+            }
+            | Backend::Webdav {
+                password: Some(password),
+                ..
+            } => *password = "<redacted>".into(),
+            Backend::Cluster { endpoints, .. } => endpoints.iter_mut().for_each(Self::redact),
+            _ => {}
+        }
+    }
+
+    /// Whether this store can be listed, which a `max_size` needs (object stores can; Redis
+    /// and memcached evict by themselves).
+    fn can_list(&self) -> bool {
+        matches!(
+            self.backend,
+            Backend::S3 { .. }
+                | Backend::Gcs { .. }
+                | Backend::Azblob { .. }
+                | Backend::Webdav { .. }
+        )
+    }
+
     /// Checks what the types cannot say: a cluster has members, none of them a cluster, and
     /// at least as many as its replication factor; names are unique. `Err` names the table.
     pub fn validate_all(remotes: &[RemoteConfig]) -> Result<(), String> {
@@ -197,6 +225,22 @@ impl RemoteConfig {
             }
             if remote.options.read_timeout_ms == 0 || remote.options.write_timeout_ms == 0 {
                 return Err(format!("remote store {name:?}: timeouts must be above 0"));
+            }
+            if remote.options.max_size.is_some() && !remote.can_list() {
+                return Err(format!(
+                    "remote store {name:?}: max_size needs a store that can be listed (s3, gcs, azblob, webdav); Redis and memcached evict by themselves"
+                ));
+            }
+            if let Backend::Cluster { endpoints, .. } = &remote.backend {
+                if let Some(member) = endpoints
+                    .iter()
+                    .find(|member| member.options.max_size.is_some())
+                {
+                    return Err(format!(
+                        "cluster {name:?}: member {:?} has max_size, which clusters do not support",
+                        member.display_name()
+                    ));
+                }
             }
             if let Backend::Cluster {
                 replicas,
@@ -314,6 +358,23 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../../README.md");
+        let block = readme
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README has a toml block");
+        let config = crate::config::parse_file(std::path::Path::new("README.md"), block)
+            .expect("the README's example is valid");
+        assert_eq!(config.remote.len(), 3);
+        assert!(matches!(
+            &config.remote[2].backend,
+            Backend::Cluster { replicas: 2, endpoints } if endpoints.len() == 3
+        ));
+    }
+
+    #[test]
     fn round_trips_through_toml() {
         let text = r#"
             [[remote]]
@@ -376,5 +437,26 @@ mod tests {
             "two unnamed clusters of the same size collide"
         );
         assert!(RemoteConfig::validate_all(&[cluster(2, &["a", "b", "c"])]).is_ok());
+        let error = parse("[[remote]]\ntype = \"redis\"\nendpoint = \"x\"\nmax_size = \"1G\"\n")
+            .and_then(|remotes| RemoteConfig::validate_all(&remotes))
+            .expect_err("max_size on redis");
+        assert!(error.contains("max_size"), "{error}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        let mut remotes = parse(
+            r#"
+            [[remote]]
+            type = "cluster"
+            replicas = 1
+            endpoints = [{ type = "redis", endpoint = "redis://a", password = "hunter2" }]
+            "#,
+        )
+        .expect("valid");
+        remotes[0].redact();
+        let shown = toml::to_string(&File { remote: remotes }).expect("serializable");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

@@ -344,10 +344,13 @@ async fn write_one(tier: &Arc<Tier>, object: &Verified) {
         Err(error) => {
             TierStats::bump(&tier.stats.write_errors);
             TierStats::bump(&tier.stats.errors);
+            // Only a timeout takes the store out: a write refused for its own sake (an
+            // object over the server's size limit, say) says nothing about the next one,
+            // and lookups notice a store that is really gone.
             if error.is_timeout() {
                 TierStats::bump(&tier.stats.timeouts);
+                tier.health.failed(Instant::now());
             }
-            tier.health.failed(Instant::now());
             tracing::warn!(error = %error, "remote write failed");
         }
     }
