@@ -2,7 +2,10 @@
 //! prost-build.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/hpcc/daemon/v1/daemon.proto"];
+    let protos = [
+        "proto/hpcc/daemon/v1/daemon.proto",
+        "proto/hpcc/agent/v1/agent.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

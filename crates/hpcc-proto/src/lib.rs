@@ -2,6 +2,7 @@
 //! files under `proto/` (which are the reference for the wire format).
 //!
 //! - [`daemon`]: the wrapper ↔ local daemon protocol (`hpcc.daemon.v1`).
+//! - [`agent`]: the worker ↔ `hpcc-agent` protocol inside an isolation session (`hpcc.agent.v1`).
 #![allow(missing_docs)] // generated code; the .proto files document every message
 #![allow(clippy::doc_markdown, clippy::derive_partial_eq_without_eq)]
 
@@ -12,3 +13,18 @@ pub mod daemon {
 
 /// The version of the daemon protocol this build speaks; a daemon refuses other versions.
 pub const DAEMON_PROTOCOL_VERSION: u32 = 1;
+
+/// `hpcc.agent.v1`: what a worker and the `hpcc-agent` inside a session say to each other.
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/hpcc.agent.v1.rs"));
+}
+
+/// The version of the agent protocol this build speaks; an agent refuses other versions.
+pub const AGENT_PROTOCOL_VERSION: u32 = 1;
+
+/// The largest agent frame either side accepts (a 4-byte length prefix is checked against it
+/// before anything is allocated); file data travels in chunks well below it.
+pub const MAX_AGENT_FRAME_LEN: u32 = 4 << 20;
+
+/// The chunk size for file data in agent frames.
+pub const AGENT_CHUNK_LEN: usize = 1 << 20;

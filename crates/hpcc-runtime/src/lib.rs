@@ -1,0 +1,137 @@
+//! Isolation runtimes: where a worker runs a tenant's compile.
+//!
+//! A [`Runtime`] starts a [`Session`] for one (tenant, image) pair: an isolated environment
+//! whose PID 1 is `hpcc-agent`, with the image's flattened root file system mounted read-only
+//! and an empty work directory. The worker keeps sessions warm and runs jobs in them; each job
+//! is one connection to the agent ([`Session::connect`]) speaking `hpcc.agent.v1`
+//! ([`agent_client::run_job`]). Only how a session starts and how a connection reaches its
+//! agent differ between runtimes: a Unix socket for the sandbox, hybrid vsock for QEMU and
+//! Firecracker. So a VM runtime implements these two traits and nothing in the worker changes.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub mod agent_client;
+
+/// What a session is for, and how it is confined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSpec {
+    /// The tenant the session belongs to (for names, logs and audit; sessions are never
+    /// shared between tenants).
+    pub tenant: String,
+    /// The OCI image digest (`sha256:<hex>`) whose root file system the session runs.
+    pub image_digest: String,
+    /// The flattened root file system of that image, on the host.
+    pub rootfs: PathBuf,
+    /// Resource limits.
+    pub limits: Limits,
+    /// `SOURCE_DATE_EPOCH` pinned inside the session.
+    pub source_date_epoch: u64,
+}
+
+/// Resource limits of a session and its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of the tmpfs work directory.
+    pub work_bytes: u64,
+    /// Address space of each job process, in bytes.
+    pub memory_bytes: u64,
+    /// Processes and threads a job may have.
+    pub processes: u64,
+    /// CPU seconds of each job process.
+    pub cpu_seconds: u64,
+    /// Open files per process.
+    pub open_files: u64,
+    /// Wall-clock limit of a job.
+    pub job_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            work_bytes: 2 << 30,
+            memory_bytes: 4 << 30,
+            processes: 256,
+            cpu_seconds: 600,
+            open_files: 1024,
+            job_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A byte stream to an agent.
+pub trait AgentStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> AgentStream for T {}
+
+/// A failed runtime step.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The runtime cannot run here (no user namespaces, no KVM, a binary missing).
+    #[error("{runtime} runtime unavailable: {reason}")]
+    Unavailable {
+        /// The runtime's name.
+        runtime: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Starting a session failed at `step`.
+    #[error("starting a {runtime} session: {step}")]
+    Start {
+        /// The runtime's name.
+        runtime: &'static str,
+        /// What was being done.
+        step: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent could not be reached, or broke the protocol.
+    #[error("agent of session {session}: {message}")]
+    Agent {
+        /// The session id.
+        session: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// I/O on the agent connection failed.
+    #[error("agent connection of session {session}")]
+    Io {
+        /// The session id.
+        session: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An isolation runtime: makes sessions.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// The runtime's name (`sandbox`, `qemu`, `firecracker`), as written in audit rows.
+    fn name(&self) -> &'static str;
+
+    /// Starts a session; returns once its agent accepts connections.
+    async fn start(&self, spec: &SessionSpec) -> Result<Box<dyn Session>, RuntimeError>;
+}
+
+/// One running session: an isolated environment with an agent as PID 1.
+#[async_trait]
+pub trait Session: Send + Sync {
+    /// A unique id (the `vm` column of audit rows).
+    fn id(&self) -> &str;
+
+    /// Opens a connection to the agent, for one job.
+    async fn connect(&self) -> Result<Box<dyn AgentStream>, RuntimeError>;
+
+    /// Whether the session still runs (its agent has not exited).
+    fn is_alive(&self) -> bool;
+
+    /// Stops the session and removes everything it left on the host.
+    async fn stop(self: Box<Self>) -> Result<(), RuntimeError>;
+}
