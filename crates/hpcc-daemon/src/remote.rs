@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use hpcc_cli::cache::RemoteFallback;
 use hpcc_core::config::{Backend, RemoteConfig};
 use hpcc_core::digest::Digest;
-use hpcc_store::remote::{self, Created, Found, Tier, Tiers, Verified};
+use hpcc_store::remote::{self, Created, Found, Tier, Tiers};
 use hpcc_store::{DiskStore, Kind};
 
 /// The remote tiers and the runtime they run on.
@@ -67,10 +67,7 @@ impl Remote {
 
     /// Queues the entry `store` holds for `key` for every writable tier.
     pub fn upload(&self, store: &DiskStore, kind: Kind, key: &Digest) {
-        let Ok(Some(encoded)) = store.get_encoded(kind, key) else {
-            return;
-        };
-        if let Some(object) = Verified::check(kind, key, encoded.into()) {
+        if let Ok(Some(object)) = store.get_verified(kind, key) {
             self.tiers.put(object);
         }
     }

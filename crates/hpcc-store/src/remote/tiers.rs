@@ -364,3 +364,19 @@ impl crate::DiskStore {
         self.install(object.kind, &object.key, header, body)
     }
 }
+
+impl crate::DiskStore {
+    /// Reads the entry for `key` as a [`Verified`] object for uploading: `get_encoded` has
+    /// checked it already, so it is not decoded twice. `Ok(None)`: absent or corrupt.
+    pub fn get_verified(
+        &self,
+        kind: Kind,
+        key: &Digest,
+    ) -> Result<Option<Verified>, crate::StoreError> {
+        Ok(self.get_encoded(kind, key)?.map(|encoded| Verified {
+            kind,
+            key: *key,
+            object: Bytes::from(encoded),
+        }))
+    }
+}
