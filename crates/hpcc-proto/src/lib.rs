@@ -2,6 +2,9 @@
 //! files under `proto/` (which are the reference for the wire format).
 //!
 //! - [`daemon`]: the wrapper ↔ local daemon protocol (`hpcc.daemon.v1`).
+//! - [`scheduler`]: the route-only scheduler (`hpcc.scheduler.v1`), with tonic client and
+//!   server behind the `client` and `server` features.
+//! - [`worker`]: compiles on a worker (`hpcc.worker.v1`), likewise.
 //! - [`agent`]: the worker ↔ `hpcc-agent` protocol inside an isolation session (`hpcc.agent.v1`).
 #![allow(missing_docs)] // generated code; the .proto files document every message
 #![allow(clippy::doc_markdown, clippy::derive_partial_eq_without_eq)]
@@ -28,3 +31,13 @@ pub const MAX_AGENT_FRAME_LEN: u32 = 4 << 20;
 
 /// The chunk size for file data in agent frames.
 pub const AGENT_CHUNK_LEN: usize = 1 << 20;
+
+/// `hpcc.scheduler.v1`: routing clients to workers, workers registering.
+pub mod scheduler {
+    include!(concat!(env!("OUT_DIR"), "/hpcc.scheduler.v1.rs"));
+}
+
+/// `hpcc.worker.v1`: remote compiles.
+pub mod worker {
+    include!(concat!(env!("OUT_DIR"), "/hpcc.worker.v1.rs"));
+}
