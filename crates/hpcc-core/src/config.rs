@@ -12,8 +12,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod remote;
+mod service;
 
 pub use remote::{Backend, RemoteConfig, RemoteOptions};
+pub use service::{is_image_digest, SchedulerConfig, TenantConfig, TlsFiles};
 
 /// Environment variables that start with `HPCC_` but are not config keys.
 pub const NON_KEY_VARIABLES: &[&str] = &["HPCC_CONFIG", "HPCC_LOG"];

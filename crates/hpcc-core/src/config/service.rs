@@ -1,0 +1,173 @@
+//! Configuration of the remote-compilation services: the scheduler (`SchedulerConfig`) and,
+//! later in this module, the worker. TOML files with `deny_unknown_fields`, like `Config`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// TLS of a gRPC server: its certificate chain and key (PEM files).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM.
+    pub cert: PathBuf,
+    /// The private key, PEM.
+    pub key: PathBuf,
+}
+
+/// One tenant: its identity provider and the images it may compile with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant id clients configure.
+    pub id: String,
+    /// The issuer (`iss`) of the tenant's tokens.
+    pub issuer: String,
+    /// Where the tenant's signing keys are published (JWKS, fetched over HTTPS).
+    pub jwks_uri: String,
+    /// The OAuth2 token endpoint `hpcc login` uses.
+    pub token_endpoint: String,
+    /// The audience (`aud`) tokens must carry.
+    pub audience: String,
+    /// The OAuth2 client id of hpcc at this IdP.
+    #[serde(default)]
+    pub client_id: String,
+    /// The image digests (`sha256:<hex>`) this tenant may use; empty: none.
+    #[serde(default)]
+    pub allowed_images: Vec<String>,
+}
+
+fn default_routing_ttl() -> u64 {
+    60
+}
+
+fn default_heartbeat_ms() -> u64 {
+    2_000
+}
+
+fn default_worker_expiry() -> u64 {
+    10
+}
+
+/// The scheduler's file (`hpcc-scheduler --config FILE`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// The server's certificate; required unless `insecure_plaintext`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Serve without TLS (tests and loopback only).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// The Ed25519 routing key (PKCS#8 PEM; `hpcc-scheduler keygen FILE` makes one).
+    pub routing_key: PathBuf,
+    /// Lifetime of routing tokens, in seconds.
+    #[serde(default = "default_routing_ttl")]
+    pub routing_ttl_secs: u64,
+    /// A file holding the secret workers present to register.
+    pub worker_secret_file: PathBuf,
+    /// How often workers heartbeat, in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Seconds without a heartbeat after which a worker is no longer routed to.
+    #[serde(default = "default_worker_expiry")]
+    pub worker_expiry_secs: u64,
+    /// The tenants.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+impl SchedulerConfig {
+    /// Parses a scheduler file, then checks what the types cannot: TLS or the explicit
+    /// insecure flag, unique tenant ids, well-formed image digests. Errors name the key.
+    pub fn parse(
+        path: &std::path::Path,
+        text: &str,
+    ) -> Result<SchedulerConfig, super::ConfigError> {
+        let file_error = |message: String| super::ConfigError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let config: SchedulerConfig =
+            toml::from_str(text).map_err(|error| file_error(error.message().to_owned()))?;
+        if config.tls.is_none() && !config.insecure_plaintext {
+            return Err(file_error(
+                "`tls` is required (or `insecure_plaintext = true`, for loopback tests only)"
+                    .into(),
+            ));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for tenant in &config.tenants {
+            if !ids.insert(tenant.id.as_str()) {
+                return Err(file_error(format!(
+                    "tenant {:?} is listed twice",
+                    tenant.id
+                )));
+            }
+            if let Some(bad) = tenant
+                .allowed_images
+                .iter()
+                .find(|digest| !is_image_digest(digest))
+            {
+                return Err(file_error(format!(
+                    "tenant {:?}: {bad:?} is not an image digest (sha256:<64 hex>)",
+                    tenant.id
+                )));
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// Whether `text` is `sha256:` and 64 lowercase hex digits.
+pub fn is_image_digest(text: &str) -> bool {
+    text.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const IMAGE: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn scheduler_files_parse_and_are_checked() {
+        let text = format!(
+            r#"
+            listen = "127.0.0.1:0"
+            insecure_plaintext = true
+            routing_key = "/k.pem"
+            worker_secret_file = "/s"
+            [[tenants]]
+            id = "a"
+            issuer = "https://idp-a"
+            jwks_uri = "https://idp-a/jwks"
+            token_endpoint = "https://idp-a/token"
+            audience = "hpcc"
+            allowed_images = ["{IMAGE}"]
+            "#
+        );
+        let config = SchedulerConfig::parse(Path::new("s.toml"), &text).expect("valid");
+        assert_eq!(config.routing_ttl_secs, 60);
+        assert_eq!(config.tenants[0].allowed_images, [IMAGE]);
+        for (change, needle) in [
+            (text.replace("insecure_plaintext = true", ""), "tls"),
+            (text.replace(IMAGE, "latest"), "not an image digest"),
+            (text.replace("audience", "audiences"), "audiences"),
+            (format!("{text}\n[[tenants]]\nid = \"a\"\nissuer = \"i\"\njwks_uri = \"j\"\ntoken_endpoint = \"t\"\naudience = \"a\"\n"), "twice"),
+        ] {
+            let error = SchedulerConfig::parse(Path::new("s.toml"), &change).expect_err(needle);
+            assert!(error.to_string().contains(needle), "{needle}: {error}");
+        }
+        assert!(is_image_digest(IMAGE));
+        assert!(!is_image_digest("sha256:ABC"));
+    }
+}
