@@ -15,7 +15,7 @@ mod remote;
 mod service;
 
 pub use remote::{Backend, RemoteConfig, RemoteOptions};
-pub use service::{is_image_digest, SchedulerConfig, TenantConfig, TlsFiles};
+pub use service::{is_image_digest, SchedulerConfig, TenantConfig, TlsFiles, WorkerConfig};
 
 /// Environment variables that start with `HPCC_` but are not config keys.
 pub const NON_KEY_VARIABLES: &[&str] = &["HPCC_CONFIG", "HPCC_LOG"];

@@ -121,6 +121,93 @@ impl SchedulerConfig {
     }
 }
 
+fn default_capacity() -> u32 {
+    2
+}
+
+fn default_idle_ttl() -> u64 {
+    300
+}
+
+fn default_max_ttl() -> u64 {
+    3_600
+}
+
+/// The worker's file (`hpcc-worker --config FILE`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// This worker's id (routing tokens name it).
+    pub id: String,
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// `host:port` clients dial (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The server's certificate; required unless `insecure_plaintext`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// The CA clients should trust for this worker's certificate (sent to the scheduler).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// The name in the certificate.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Serve, and talk to the scheduler, without TLS (tests and loopback only).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// The scheduler's URL (`https://host:port`).
+    pub scheduler: String,
+    /// The CA of the scheduler's certificate.
+    #[serde(default)]
+    pub scheduler_ca: Option<PathBuf>,
+    /// The secret shared with the scheduler for registering.
+    pub worker_secret_file: PathBuf,
+    /// The scheduler's routing public key, base64 (`hpcc-scheduler keygen` prints it).
+    pub routing_public_key: String,
+    /// Compiles at once.
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    /// Where images, flattened root file systems, the cache and the audit log live.
+    pub state_dir: PathBuf,
+    /// The `hpcc-agent` binary run as PID 1 of each session.
+    pub agent: PathBuf,
+    /// Images available without a registry: OCI layout directories or docker-archive
+    /// tarballs, imported at start.
+    #[serde(default)]
+    pub images: Vec<PathBuf>,
+    /// Seconds a session may sit idle before it is stopped.
+    #[serde(default = "default_idle_ttl")]
+    pub session_idle_secs: u64,
+    /// Seconds after which a session is stopped however busy it was.
+    #[serde(default = "default_max_ttl")]
+    pub session_max_secs: u64,
+    /// Only workers read and write the cache; clients are told to hold no store credentials.
+    #[serde(default)]
+    pub paranoid: bool,
+}
+
+impl WorkerConfig {
+    /// Parses a worker file and checks TLS or the explicit insecure flag.
+    pub fn parse(path: &std::path::Path, text: &str) -> Result<WorkerConfig, super::ConfigError> {
+        let file_error = |message: String| super::ConfigError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let config: WorkerConfig =
+            toml::from_str(text).map_err(|error| file_error(error.message().to_owned()))?;
+        if config.tls.is_none() && !config.insecure_plaintext {
+            return Err(file_error(
+                "`tls` is required (or `insecure_plaintext = true`, for loopback tests only)".into(),
+            ));
+        }
+        if config.capacity == 0 {
+            return Err(file_error("capacity must be above 0".into()));
+        }
+        Ok(config)
+    }
+}
+
 /// Whether `text` is `sha256:` and 64 lowercase hex digits.
 pub fn is_image_digest(text: &str) -> bool {
     text.strip_prefix("sha256:").is_some_and(|hex| {

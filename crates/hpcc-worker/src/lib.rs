@@ -1,0 +1,393 @@
+//! The worker: runs tenants' compiles in isolation sessions.
+//!
+//! [`Worker::authorize`] checks the routing token of a request (the scheduler's signature,
+//! expiry, this worker, the tenant and image of the request); [`Worker::compile`] looks the
+//! job up in the worker's cache, else runs it through a warm session of the [`Runtime`]
+//! (`hpcc-runtime`) for that tenant and image, with the reproducibility flags of [`policy`]
+//! injected, stores a successful result, and writes one [`audit`] row either way.
+//! [`service`] is the tonic adapter (streaming, zstd per message, cancellation).
+//!
+//! In paranoid mode only workers touch the cache: nothing in the protocol lets a client
+//! supply an output, and the worker's cache is the worker's own store.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![deny(missing_docs)]
+
+pub mod audit;
+pub mod policy;
+pub mod service;
+pub mod sessions;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hpcc_auth::{RoutingClaims, RoutingScope, RoutingVerifier};
+use hpcc_core::digest::Digest;
+use hpcc_core::entry::{ResultEntry, SectionKind};
+use hpcc_proto::agent::{EnvVar, JobHeader};
+use hpcc_runtime::agent_client::{run_job, InputFile};
+use hpcc_runtime::{Limits, RuntimeError, SessionSpec};
+use hpcc_store::{DiskStore, Kind, Lookup};
+
+use crate::audit::{AuditLog, AuditRow};
+use crate::policy::{cache_key, check_flags, injected_flags, KeyInputs, RefusedFlag};
+use crate::sessions::SessionPool;
+
+/// Where a worker finds the flattened root file system of an image.
+pub trait Rootfs: Send + Sync {
+    /// The directory holding `image`'s root file system, flattening it first if needed;
+    /// `None` if this worker does not have the image.
+    fn rootfs(&self, image: &str) -> Option<PathBuf>;
+}
+
+/// Why a compile was refused or failed on the worker's side (the compiler failing is not
+/// an error: it is a result with its exit code).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The routing token was refused.
+    #[error("routing token refused: {0}")]
+    Token(hpcc_auth::AuthError),
+    /// A malformed request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A client flag the worker does not run.
+    #[error(transparent)]
+    Flag(#[from] RefusedFlag),
+    /// The worker does not have the image.
+    #[error("image {0} is not available on this worker")]
+    NoImage(String),
+    /// The isolation runtime failed.
+    #[error("runtime: {0}")]
+    Runtime(#[from] RuntimeError),
+    /// The worker is at capacity.
+    #[error("worker at capacity ({0} compiles)")]
+    Busy(u32),
+    /// Writing the audit row failed; the result is withheld, since it would be unaudited.
+    #[error("audit log: {0}")]
+    Audit(std::io::Error),
+}
+
+/// A compile to run.
+#[derive(Debug, Clone)]
+pub struct CompileJob {
+    /// The tenant.
+    pub tenant: String,
+    /// The image digest.
+    pub image: String,
+    /// The driver (`gcc`, `g++`, `clang`, ...).
+    pub compiler: String,
+    /// The preprocessed source's language (`cpp-output`, `c++-cpp-output`).
+    pub language: String,
+    /// The client's flags.
+    pub flags: Vec<String>,
+    /// The preprocessed source.
+    pub source: Vec<u8>,
+    /// Extra outputs (e.g. a `.dwo`), named relative to the object.
+    pub extra_outputs: Vec<String>,
+}
+
+/// What a compile came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileOutput {
+    /// The compiler's exit code.
+    pub exit_code: i32,
+    /// Its stdout.
+    pub stdout: Vec<u8>,
+    /// Its stderr.
+    pub stderr: Vec<u8>,
+    /// The object, when it succeeded.
+    pub object: Option<Vec<u8>>,
+    /// Extra outputs that were produced.
+    pub extras: Vec<(String, Vec<u8>)>,
+    /// Served from the worker's cache.
+    pub cache_hit: bool,
+    /// The session that ran it (`cache` for a hit).
+    pub session_id: String,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+    /// The flags the worker injected.
+    pub injected: Vec<String>,
+}
+
+/// Settings of a [`Worker`].
+pub struct WorkerSettings {
+    /// This worker's id.
+    pub id: String,
+    /// Compiles at once.
+    pub capacity: u32,
+    /// Limits of sessions and jobs.
+    pub limits: Limits,
+    /// `SOURCE_DATE_EPOCH` inside sessions.
+    pub source_date_epoch: u64,
+}
+
+/// A worker's state.
+pub struct Worker {
+    settings: WorkerSettings,
+    verifier: RoutingVerifier,
+    pool: SessionPool,
+    images: Arc<dyn Rootfs>,
+    cache: DiskStore,
+    audit: AuditLog,
+    load: AtomicU32,
+}
+
+/// Decrements the load when a compile ends, however it ends.
+struct LoadGuard<'a>(&'a AtomicU32);
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+const OBJECT: &str = "out.o";
+const SOURCE: &str = "in.i";
+
+impl Worker {
+    /// A worker with its parts.
+    pub fn new(
+        settings: WorkerSettings,
+        verifier: RoutingVerifier,
+        pool: SessionPool,
+        images: Arc<dyn Rootfs>,
+        cache: DiskStore,
+        audit: AuditLog,
+    ) -> Worker {
+        Worker {
+            settings,
+            verifier,
+            pool,
+            images,
+            cache,
+            audit,
+            load: AtomicU32::new(0),
+        }
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> &str {
+        &self.settings.id
+    }
+
+    /// Compiles running now.
+    pub fn load(&self) -> u32 {
+        self.load.load(Ordering::Acquire)
+    }
+
+    /// Compiles at once.
+    pub fn capacity(&self) -> u32 {
+        self.settings.capacity
+    }
+
+    /// The session pool (for reaping and heartbeats).
+    pub fn pool(&self) -> &SessionPool {
+        &self.pool
+    }
+
+    /// Checks `token` for a request of `tenant` with `image` at `now` (Unix seconds).
+    pub fn authorize(
+        &self,
+        token: &str,
+        tenant: &str,
+        image: &str,
+        now: u64,
+    ) -> Result<RoutingClaims, WorkerError> {
+        self.verifier
+            .verify(
+                token,
+                RoutingScope {
+                    worker: &self.settings.id,
+                    tenant,
+                    image,
+                },
+                now,
+            )
+            .map_err(WorkerError::Token)
+    }
+
+    /// Runs `job` (already authorized): from the cache, else in a session.
+    pub async fn compile(&self, job: CompileJob) -> Result<CompileOutput, WorkerError> {
+        let started = Instant::now();
+        if !policy::COMPILERS.contains(&job.compiler.as_str()) {
+            return Err(WorkerError::BadRequest(format!(
+                "compiler {:?}",
+                job.compiler
+            )));
+        }
+        if !policy::LANGUAGES.contains(&job.language.as_str()) {
+            return Err(WorkerError::BadRequest(format!(
+                "language {:?}",
+                job.language
+            )));
+        }
+        check_flags(&job.flags)?;
+        if let Some(bad) = job
+            .extra_outputs
+            .iter()
+            .find(|name| name.is_empty() || name.contains('/') || name.starts_with('.'))
+        {
+            return Err(WorkerError::BadRequest(format!("extra output {bad:?}")));
+        }
+        let previous = self.load.fetch_add(1, Ordering::AcqRel);
+        let _load = LoadGuard(&self.load);
+        if previous >= self.settings.capacity {
+            return Err(WorkerError::Busy(self.settings.capacity));
+        }
+        let source_digest = Digest::of(&job.source);
+        let injected = injected_flags(&source_digest);
+        let key = cache_key(KeyInputs {
+            image: &job.image,
+            compiler: &job.compiler,
+            language: &job.language,
+            flags: &job.flags,
+            injected: &injected,
+            source_digest: &source_digest,
+            extra_outputs: &job.extra_outputs,
+        });
+        let mut output = match self.cached(&key, &job) {
+            Some(output) => output,
+            None => self.run(&job, &injected, &key).await?,
+        };
+        output.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        output.injected = injected.clone();
+        let mut flags = injected;
+        flags.extend(job.flags.iter().cloned());
+        let row = AuditRow {
+            image_digest: job.image.clone(),
+            source_digest: source_digest.to_hex(),
+            flags,
+            output_digest: output
+                .object
+                .as_deref()
+                .map(|object| Digest::of(object).to_hex())
+                .unwrap_or_default(),
+            tenant: job.tenant.clone(),
+            worker: self.settings.id.clone(),
+            vm: output.session_id.clone(),
+            duration_ms: output.duration_ms,
+            exit: output.exit_code,
+        };
+        self.audit.append(&row).map_err(WorkerError::Audit)?;
+        Ok(output)
+    }
+
+    fn cached(&self, key: &Digest, job: &CompileJob) -> Option<CompileOutput> {
+        let Ok(Lookup::Hit(payload)) = self.cache.get(Kind::Result, key) else {
+            return None;
+        };
+        let entry = ResultEntry::decode(&payload).ok()?;
+        let object = entry.get(SectionKind::Object)?.to_vec();
+        let mut extras = Vec::new();
+        if let Some(name) = job.extra_outputs.first() {
+            extras.push((name.clone(), entry.get(SectionKind::Dwo)?.to_vec()));
+        }
+        Some(CompileOutput {
+            exit_code: 0,
+            stdout: entry.get(SectionKind::Stdout).unwrap_or_default().to_vec(),
+            stderr: entry.get(SectionKind::Stderr).unwrap_or_default().to_vec(),
+            object: Some(object),
+            extras,
+            cache_hit: true,
+            session_id: "cache".into(),
+            duration_ms: 0,
+            injected: Vec::new(),
+        })
+    }
+
+    async fn run(
+        &self,
+        job: &CompileJob,
+        injected: &[String],
+        key: &Digest,
+    ) -> Result<CompileOutput, WorkerError> {
+        let rootfs = self
+            .images
+            .rootfs(&job.image)
+            .ok_or_else(|| WorkerError::NoImage(job.image.clone()))?;
+        let spec = SessionSpec {
+            tenant: job.tenant.clone(),
+            image_digest: job.image.clone(),
+            rootfs,
+            limits: self.settings.limits,
+            source_date_epoch: self.settings.source_date_epoch,
+        };
+        let lease = self.pool.lease(&spec, Instant::now()).await?;
+        let mut argv = vec![job.compiler.clone()];
+        argv.extend(injected.iter().cloned());
+        argv.extend(job.flags.iter().cloned());
+        argv.extend(
+            ["-x", &job.language, "-c", SOURCE, "-o", OBJECT]
+                .iter()
+                .map(|word| (*word).to_owned()),
+        );
+        let mut outputs = vec![OBJECT.to_owned()];
+        outputs.extend(job.extra_outputs.iter().cloned());
+        let header = JobHeader {
+            job_id: key.to_hex(),
+            argv,
+            cwd: String::new(),
+            env: Vec::<EnvVar>::new(),
+            outputs,
+            timeout_ms: u64::try_from(self.settings.limits.job_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+            max_output_bytes: 0,
+        };
+        let inputs = vec![InputFile {
+            path: SOURCE.into(),
+            mode: 0o644,
+            data: job.source.clone(),
+        }];
+        let result = async {
+            let stream = lease.shared.connect().await?;
+            run_job(lease.shared.id(), stream, header, inputs).await
+        }
+        .await;
+        let session_id = lease.shared.id().to_owned();
+        self.pool.release(lease, Instant::now()).await;
+        let outcome = result?;
+        if !outcome.result.refused.is_empty() {
+            return Err(WorkerError::BadRequest(outcome.result.refused));
+        }
+        let mut object = None;
+        let mut extras = Vec::new();
+        for file in outcome.outputs {
+            if file.path == OBJECT {
+                object = Some(file.data);
+            } else {
+                extras.push((file.path, file.data));
+            }
+        }
+        let exit_code = if outcome.result.signal != 0 || outcome.result.timed_out {
+            -1
+        } else {
+            outcome.result.exit_code
+        };
+        let object = if exit_code == 0 { object } else { None };
+        if let (0, Some(object)) = (exit_code, &object) {
+            let mut entry = ResultEntry::default();
+            entry.set(SectionKind::Object, object.clone());
+            entry.set(SectionKind::Stdout, outcome.stdout.clone());
+            entry.set(SectionKind::Stderr, outcome.stderr.clone());
+            if let Some((_, dwo)) = extras.first() {
+                entry.set(SectionKind::Dwo, dwo.clone());
+            }
+            if let Err(error) = self.cache.put(Kind::Result, key, &entry.encode()) {
+                tracing::warn!(%error, "storing a remote result");
+            }
+        }
+        Ok(CompileOutput {
+            exit_code,
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+            object,
+            extras,
+            cache_hit: false,
+            session_id,
+            duration_ms: 0,
+            injected: Vec::new(),
+        })
+    }
+}
