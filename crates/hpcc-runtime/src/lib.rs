@@ -7,6 +7,7 @@
 //! ([`agent_client::run_job`]). Only how a session starts and how a connection reaches its
 //! agent differ between runtimes: a Unix socket for the sandbox, hybrid vsock for QEMU and
 //! Firecracker. So a VM runtime implements these two traits and nothing in the worker changes.
+#![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::path::PathBuf;
@@ -16,6 +17,10 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub mod agent_client;
+mod frame;
+pub mod sandbox;
+#[allow(unsafe_code)]
+mod sys;
 
 /// What a session is for, and how it is confined.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,64 @@
+//! `hpcc-agent`: PID 1 of an hpcc session.
+//!
+//! Started by the runtime with every setting on its command line (see `config.rs`). As PID 1 it
+//! prepares the session and then only reaps (`init.rs`); the server child (`--server`) listens
+//! and serves jobs on a current-thread runtime. Run directly (not as PID 1, without
+//! `--server`), it serves in-process, which is how it is debugged by hand.
+//!
+//! Linking: the binary runs inside an image whose libc may differ from the host's, so it is
+//! built statically (`RUSTFLAGS='-C target-feature=+crt-static' cargo build -p hpcc-agent
+//! --target x86_64-unknown-linux-gnu`). It calls nothing of glibc's that needs `dlopen` (no NSS
+//! lookups, no iconv), which is what makes a static glibc build safe.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hpcc_agent::config::{self, AgentConfig, ListenAddr};
+use hpcc_agent::listen::{self, UnixSocketListener};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HPCC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run() {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(error) => {
+            eprintln!("hpcc-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<i32> {
+    let config = config::parse_args(std::env::args_os().skip(1)).context("command line")?;
+    if !config.server && std::process::id() == 1 {
+        hpcc_agent::init::prepare_session(&config).context("preparing the session")?;
+        return hpcc_agent::init::run_init(&config).context("running as PID 1");
+    }
+    serve(config)?;
+    Ok(0)
+}
+
+fn serve(config: AgentConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    runtime.block_on(async move {
+        match &config.listen {
+            ListenAddr::Unix(path) => {
+                let listener = UnixSocketListener::bind(path)
+                    .with_context(|| format!("listening on {}", path.display()))?;
+                tracing::info!(socket = %path.display(), "agent listening");
+                listen::serve_forever(listener, Arc::new(config))
+                    .await
+                    .context("accepting connections")
+            }
+        }
+    })
+}
