@@ -268,8 +268,16 @@ fn check_header(
         0 => config.default_max_output_bytes,
         bytes => bytes.min(config.default_max_output_bytes),
     };
+    // The job's directory differs between concurrent jobs; a host that must keep it out of
+    // the outputs names it as `@JOBDIR@` (in `-ffile-prefix-map=@JOBDIR@=.`, say).
+    let job_dir_text = job_dir.to_string_lossy();
+    let argv = header
+        .argv
+        .iter()
+        .map(|word| word.replace(JOB_DIR_PLACEHOLDER, &job_dir_text))
+        .collect();
     Ok(JobSpec {
-        argv: header.argv.clone(),
+        argv,
         cwd: job_dir.join(&cwd_relative),
         cwd_relative,
         env,
@@ -278,6 +286,9 @@ fn check_header(
         outputs,
     })
 }
+
+/// The placeholder in argv words that is replaced with the job directory's absolute path.
+pub const JOB_DIR_PLACEHOLDER: &str = "@JOBDIR@";
 
 /// Reads inputs up to `InputsDone`, writing them when `write` is set. `Ok(Err(reason))` is a
 /// refusal; `Err` means the connection is unusable.

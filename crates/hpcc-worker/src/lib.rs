@@ -61,8 +61,8 @@ pub enum WorkerError {
     /// The isolation runtime failed.
     #[error("runtime: {0}")]
     Runtime(#[from] RuntimeError),
-    /// The worker is at capacity.
-    #[error("worker at capacity ({0} compiles)")]
+    /// The worker's queue is full.
+    #[error("worker overloaded ({0} compiles running, the queue full)")]
     Busy(u32),
     /// Writing the audit row failed; the result is withheld, since it would be unaudited.
     #[error("audit log: {0}")]
@@ -132,7 +132,12 @@ pub struct Worker {
     cache: DiskStore,
     audit: AuditLog,
     load: AtomicU32,
+    queued: AtomicU32,
+    permits: tokio::sync::Semaphore,
 }
+
+/// Compiles that may wait for a slot; more are refused with [`WorkerError::Busy`].
+pub const MAX_QUEUED: u32 = 1024;
 
 /// Decrements the load when a compile ends, however it ends.
 struct LoadGuard<'a>(&'a AtomicU32);
@@ -157,6 +162,9 @@ impl Worker {
         audit: AuditLog,
     ) -> Worker {
         Worker {
+            permits: tokio::sync::Semaphore::new(
+                usize::try_from(settings.capacity).unwrap_or(1).max(1),
+            ),
             settings,
             verifier,
             pool,
@@ -164,6 +172,7 @@ impl Worker {
             cache,
             audit,
             load: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
         }
     }
 
@@ -231,11 +240,21 @@ impl Worker {
         {
             return Err(WorkerError::BadRequest(format!("extra output {bad:?}")));
         }
-        let previous = self.load.fetch_add(1, Ordering::AcqRel);
-        let _load = LoadGuard(&self.load);
-        if previous >= self.settings.capacity {
+        // Compiles past the capacity wait their turn, up to a bounded queue; past that the
+        // client is told to compile elsewhere.
+        let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
+        let queued = LoadGuard(&self.queued);
+        if waiting >= MAX_QUEUED {
             return Err(WorkerError::Busy(self.settings.capacity));
         }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| WorkerError::Busy(self.settings.capacity))?;
+        drop(queued);
+        self.load.fetch_add(1, Ordering::AcqRel);
+        let _load = LoadGuard(&self.load);
         let source_digest = Digest::of(&job.source);
         let injected = injected_flags(&source_digest);
         let key = cache_key(KeyInputs {

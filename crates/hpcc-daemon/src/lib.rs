@@ -1,0 +1,8 @@
+//! The daemon's library side: the parts the end-to-end tests drive directly.
+//!
+//! - [`farm`]: the client of remote compilation (route through the scheduler, compile on the
+//!   worker it names).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![deny(missing_docs)]
+
+pub mod farm;
