@@ -39,6 +39,9 @@ pub struct FarmConfig {
     pub image: String,
     /// Deadline of a whole remote compile.
     pub timeout: Duration,
+    /// How long to keep asking when the scheduler has no free worker, before giving up
+    /// (the daemon then compiles locally).
+    pub route_patience: Duration,
 }
 
 /// A compile to run remotely.
@@ -183,7 +186,9 @@ impl Farm {
         })
         .map_err(FarmError::Scheduler)?;
         Ok(Farm {
-            scheduler: SchedulerClient::new(endpoint.timeout(Duration::from_secs(10)).connect_lazy()),
+            scheduler: SchedulerClient::new(
+                endpoint.timeout(Duration::from_secs(10)).connect_lazy(),
+            ),
             config,
         })
     }
@@ -194,33 +199,65 @@ impl Farm {
     }
 
     /// Runs `request` on the farm with the user's `token`.
-    pub async fn compile(&self, request: RemoteRequest, token: &str) -> Result<RemoteOutcome, FarmError> {
+    pub async fn compile(
+        &self,
+        request: RemoteRequest,
+        token: &str,
+    ) -> Result<RemoteOutcome, FarmError> {
         let deadline = self.config.timeout;
         tokio::time::timeout(deadline, self.compile_inner(request, token))
             .await
             .map_err(|_| FarmError::Timeout(deadline))?
     }
 
-    async fn compile_inner(&self, request: RemoteRequest, token: &str) -> Result<RemoteOutcome, FarmError> {
-        let route = self
-            .scheduler
-            .clone()
-            .route(with_bearer(
-                RouteRequest {
-                    tenant_id: self.config.tenant.clone(),
-                    image_digest: self.config.image.clone(),
-                },
-                token,
-            ))
-            .await
-            .map_err(|status| FarmError::Scheduler(format!("{:?}: {}", status.code(), status.message())))?
-            .into_inner();
+    async fn compile_inner(
+        &self,
+        request: RemoteRequest,
+        token: &str,
+    ) -> Result<RemoteOutcome, FarmError> {
+        let patience = tokio::time::Instant::now() + self.config.route_patience;
+        let mut pause = Duration::from_millis(50);
+        let route = loop {
+            let reply = self
+                .scheduler
+                .clone()
+                .route(with_bearer(
+                    RouteRequest {
+                        tenant_id: self.config.tenant.clone(),
+                        image_digest: self.config.image.clone(),
+                    },
+                    token,
+                ))
+                .await;
+            match reply {
+                Ok(reply) => break reply.into_inner(),
+                // Every worker's queue is full: wait a little, within the patience.
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() + pause < patience =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(status) => {
+                    return Err(FarmError::Scheduler(format!(
+                        "{:?}: {}",
+                        status.code(),
+                        status.message()
+                    )))
+                }
+            }
+        };
         let worker_name = route.worker_id.clone();
         let worker_error = |message: String| FarmError::Worker {
             worker: worker_name.clone(),
             message,
         };
-        let scheme = if route.tls_ca_pem.is_empty() { "http" } else { "https" };
+        let scheme = if route.tls_ca_pem.is_empty() {
+            "http"
+        } else {
+            "https"
+        };
         let endpoint = tls_endpoint(
             &format!("{scheme}://{}", route.address),
             Some(&route.tls_ca_pem),
@@ -285,7 +322,9 @@ impl Farm {
         let mut files: Vec<(String, Vec<u8>)> = Vec::new();
         let mut total = 0usize;
         while let Some(event) = events.next().await {
-            let event = event.map_err(|status| worker_error(format!("{:?}: {}", status.code(), status.message())))?;
+            let event = event.map_err(|status| {
+                worker_error(format!("{:?}: {}", status.code(), status.message()))
+            })?;
             match event.kind {
                 Some(EventKind::Stdout(data)) => outcome.stdout.extend_from_slice(&data.data),
                 Some(EventKind::Stderr(data)) => outcome.stderr.extend_from_slice(&data.data),
@@ -306,7 +345,9 @@ impl Farm {
                         });
                     }
                     match files.last_mut() {
-                        Some((name, bytes)) if *name == chunk.name => bytes.extend_from_slice(&data),
+                        Some((name, bytes)) if *name == chunk.name => {
+                            bytes.extend_from_slice(&data)
+                        }
                         _ => files.push((chunk.name, data)),
                     }
                 }
@@ -329,10 +370,13 @@ impl Farm {
             }
         }
         if outcome.exit_code == 0 {
-            let object = outcome.object.as_deref().ok_or_else(|| FarmError::Protocol {
-                worker: route.worker_id.clone(),
-                message: "a successful compile without an object".into(),
-            })?;
+            let object = outcome
+                .object
+                .as_deref()
+                .ok_or_else(|| FarmError::Protocol {
+                    worker: route.worker_id.clone(),
+                    message: "a successful compile without an object".into(),
+                })?;
             if Digest::of(object).0.as_slice() != result.output_digest.as_slice() {
                 return Err(FarmError::Protocol {
                     worker: route.worker_id.clone(),

@@ -21,6 +21,7 @@ mod frame;
 pub mod sandbox;
 #[allow(unsafe_code)]
 mod sys;
+pub mod testing;
 
 /// What a session is for, and how it is confined.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,11 +1,15 @@
 //! The worker registry and placement: the least loaded live worker that has the image warm,
-//! else the least loaded live worker; a worker at capacity is never chosen, and one without a
-//! heartbeat for the expiry is not routed to (and forgotten).
+//! else the least loaded live worker. Workers queue compiles past their capacity, so a worker
+//! is chosen until its load (running and queued) reaches [`OVERCOMMIT`] times its capacity;
+//! one without a heartbeat for the expiry is not routed to (and forgotten).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hpcc_proto::scheduler::{HeartbeatRequest, RegisterRequest};
+
+/// How many times its capacity a worker may be loaded with (the rest waits in its queue).
+pub const OVERCOMMIT: u32 = 8;
 
 /// What the scheduler knows of a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +90,7 @@ impl Registry {
         let candidates = self
             .workers
             .values()
-            .filter(|worker| worker.load < worker.capacity);
+            .filter(|worker| worker.load < worker.capacity.saturating_mul(OVERCOMMIT));
         let score = |worker: &Worker| {
             // Load as a fraction of capacity, compared without floats: load/capacity.
             (u64::from(worker.load) * 1_000_000) / u64::from(worker.capacity.max(1))
@@ -136,25 +140,28 @@ mod tests {
     #[test]
     fn warm_least_loaded_first_then_least_loaded() {
         let mut registry = Registry::new(Duration::from_secs(10));
-        register(&mut registry, "cold", 4, &[], 0);
-        register(&mut registry, "warm-busy", 4, &["img"], 0);
-        register(&mut registry, "warm-idle", 4, &["img"], 0);
-        load(&mut registry, "warm-busy", 3, &["img"], 0);
+        register(&mut registry, "cold", 1, &[], 0);
+        register(&mut registry, "warm-busy", 1, &["img"], 0);
+        register(&mut registry, "warm-idle", 1, &["img"], 0);
+        load(&mut registry, "warm-busy", OVERCOMMIT - 2, &["img"], 0);
         let check = |registry: &mut Registry, image: &str, expected: &str| {
             assert_eq!(
                 registry.place(image, 1).map(|worker| worker.id).as_deref(),
                 Some(expected)
             );
         };
-        check(&mut registry, "img", "warm-idle");
-        check(&mut registry, "img", "warm-idle");
-        // warm-idle now has 2 routes, warm-busy 3: still warm-idle, then equal, then busy.
+        // The idle warm worker until it is as loaded as the busy one.
+        for _ in 0..OVERCOMMIT - 2 {
+            check(&mut registry, "img", "warm-idle");
+        }
+        // Equal: ties go by id, alternating as each takes one.
+        check(&mut registry, "img", "warm-busy");
         check(&mut registry, "img", "warm-idle");
         check(&mut registry, "img", "warm-busy");
-        // Both warm ones are full now: the cold one takes it.
         check(&mut registry, "img", "warm-idle");
+        // Both warm ones are full now: the cold one takes it.
         check(&mut registry, "img", "cold");
-        // Another image: least loaded, whoever has it.
+        // Another image: the least loaded worker, warm or not.
         check(&mut registry, "other", "cold");
     }
 
@@ -162,8 +169,10 @@ mod tests {
     fn full_and_silent_workers_are_not_chosen() {
         let mut registry = Registry::new(Duration::from_secs(10));
         register(&mut registry, "w", 1, &[], 0);
-        assert!(registry.place("img", 1).is_some());
-        assert!(registry.place("img", 1).is_none(), "at capacity");
+        for _ in 0..OVERCOMMIT {
+            assert!(registry.place("img", 1).is_some());
+        }
+        assert!(registry.place("img", 1).is_none(), "its queue is full");
         load(&mut registry, "w", 0, &[], 5);
         assert!(
             registry.place("img", 15).is_some(),

@@ -41,6 +41,22 @@ pub trait Rootfs: Send + Sync {
     fn rootfs(&self, image: &str) -> Option<PathBuf>;
 }
 
+/// Root file systems from an image store (`hpcc-image`), by image digest.
+pub struct StoreRootfs(pub hpcc_image::ImageStore);
+
+impl Rootfs for StoreRootfs {
+    fn rootfs(&self, image: &str) -> Option<PathBuf> {
+        let digest = hpcc_image::ImageDigest::parse(image).ok()?;
+        match self.0.rootfs(&digest) {
+            Ok(path) => Some(path),
+            Err(error) => {
+                tracing::warn!(image, %error, "no root file system");
+                None
+            }
+        }
+    }
+}
+
 /// Why a compile was refused or failed on the worker's side (the compiler failing is not
 /// an error: it is a result with its exit code).
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +202,11 @@ impl Worker {
         self.load.load(Ordering::Acquire)
     }
 
+    /// Compiles waiting for a slot.
+    pub fn queued(&self) -> u32 {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// Compiles at once.
     pub fn capacity(&self) -> u32 {
         self.settings.capacity
@@ -322,9 +343,13 @@ impl Worker {
         injected: &[String],
         key: &Digest,
     ) -> Result<CompileOutput, WorkerError> {
-        let rootfs = self
-            .images
-            .rootfs(&job.image)
+        // Flattening an image on first use is file work: off the async threads.
+        let images = Arc::clone(&self.images);
+        let image = job.image.clone();
+        let rootfs = tokio::task::spawn_blocking(move || images.rootfs(&image))
+            .await
+            .ok()
+            .flatten()
             .ok_or_else(|| WorkerError::NoImage(job.image.clone()))?;
         let spec = SessionSpec {
             tenant: job.tenant.clone(),

@@ -3,7 +3,7 @@
 //! stops its sessions.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hpcc_auth::RoutingVerifier;
 use hpcc_core::config::WorkerConfig;
-use hpcc_image::{ImageDigest, ImageStore};
+use hpcc_image::ImageStore;
 use hpcc_proto::scheduler::scheduler_client::SchedulerClient;
 use hpcc_proto::scheduler::{HeartbeatRequest, RegisterRequest};
 use hpcc_runtime::sandbox::{SandboxConfig, SandboxRuntime};
@@ -20,7 +20,7 @@ use hpcc_store::{DiskConfig, DiskStore};
 use hpcc_worker::audit::AuditLog;
 use hpcc_worker::service::WorkerService;
 use hpcc_worker::sessions::SessionPool;
-use hpcc_worker::{Rootfs, Worker, WorkerSettings};
+use hpcc_worker::{StoreRootfs, Worker, WorkerSettings};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 fn main() -> ExitCode {
@@ -48,22 +48,6 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("hpcc-worker: {error:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Images by digest, from the worker's image store.
-struct Images(ImageStore);
-
-impl Rootfs for Images {
-    fn rootfs(&self, image: &str) -> Option<PathBuf> {
-        let digest = ImageDigest::parse(image).ok()?;
-        match self.0.rootfs(&digest) {
-            Ok(path) => Some(path),
-            Err(error) => {
-                tracing::warn!(image, %error, "no root file system");
-                None
-            }
         }
     }
 }
@@ -123,7 +107,7 @@ fn run(config_path: &Path) -> Result<()> {
         },
         verifier,
         pool,
-        Arc::new(Images(store)),
+        Arc::new(StoreRootfs(store)),
         cache,
         audit,
     ));
@@ -215,7 +199,7 @@ async fn serve(
                     warm.dedup();
                     let beat = HeartbeatRequest {
                         worker_id: worker.id().to_owned(),
-                        load: worker.load(),
+                        load: worker.load() + worker.queued(),
                         capacity: worker.capacity(),
                         warm_images: warm,
                     };

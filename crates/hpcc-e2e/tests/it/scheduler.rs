@@ -1,10 +1,6 @@
-//! The scheduler as a real gRPC server on loopback, with real identity-provider HTTP servers
-//! in the test (a JWKS document per tenant, request counts kept): tenant isolation, token
-//! refusals, image policy, worker registration and placement, TLS.
-//!
-//! A test needing something absent prints `skipped: <name>: <reason>`; none does today.
-
-mod idp;
+//! The scheduler as a real gRPC server on loopback, with the test identity providers (a JWKS
+//! document per tenant, request counts kept): tenant isolation, token refusals, image policy,
+//! worker registration and placement, key rotation.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,28 +12,23 @@ use hpcc_proto::scheduler::scheduler_client::SchedulerClient;
 use hpcc_proto::scheduler::{GetTenantIdPRequest, HeartbeatRequest, RegisterRequest, RouteRequest};
 use hpcc_scheduler::service::SchedulerService;
 use hpcc_scheduler::Scheduler;
-use libtest_mimic::{Arguments, Trial};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use idp::Idp;
+use crate::idp::Idp;
+use crate::{Case, TestResult};
 
-type TestResult = Result<(), String>;
-
-/// A test: its name and body.
-type Case = (&'static str, fn() -> TestResult);
-
-const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+pub const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const OTHER_IMAGE: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
-const SECRET: &str = "worker-secret";
+pub const SECRET: &str = "worker-secret";
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
-fn tenant(id: &str, idp: &Idp) -> TenantConfig {
+pub fn tenant(id: &str, idp: &Idp) -> TenantConfig {
     TenantConfig {
         id: id.into(),
         issuer: idp.issuer(),
@@ -49,7 +40,7 @@ fn tenant(id: &str, idp: &Idp) -> TenantConfig {
     }
 }
 
-fn config(tenants: Vec<TenantConfig>) -> SchedulerConfig {
+pub fn config(tenants: Vec<TenantConfig>) -> SchedulerConfig {
     SchedulerConfig {
         listen: "127.0.0.1:0".into(),
         tls: None,
@@ -157,7 +148,7 @@ impl World {
     }
 }
 
-fn user_token(idp: &Idp, tenant_issuer: &str, exp: u64) -> String {
+pub fn user_token(idp: &Idp, tenant_issuer: &str, exp: u64) -> String {
     idp.key
         .mint(&serde_json::json!({"sub": "alice", "iss": tenant_issuer, "aud": "hpcc", "exp": exp}))
         .expect("minting a token")
@@ -425,33 +416,33 @@ fn rotated_idp_keys_are_fetched_again() -> TestResult {
     Ok(())
 }
 
-fn main() {
-    let args = Arguments::from_args();
-    let cases: Vec<Case> = vec![
+/// The scheduler tests.
+pub fn cases() -> Vec<Case> {
+    vec![
         (
-            "idp_coordinates_without_authentication",
+            "scheduler::idp_coordinates_without_authentication",
+            &[],
             idp_coordinates_without_authentication,
         ),
         (
-            "routes_to_a_worker_with_a_scoped_token",
+            "scheduler::routes_to_a_worker_with_a_scoped_token",
+            &[],
             routes_to_a_worker_with_a_scoped_token,
         ),
         (
-            "a_tenants_token_cannot_route_for_another",
+            "scheduler::a_tenants_token_cannot_route_for_another",
+            &[],
             a_tenants_token_cannot_route_for_another,
         ),
         (
-            "bad_tokens_images_and_workers_are_refused",
+            "scheduler::bad_tokens_images_and_workers_are_refused",
+            &[],
             bad_tokens_images_and_workers_are_refused,
         ),
         (
-            "rotated_idp_keys_are_fetched_again",
+            "scheduler::rotated_idp_keys_are_fetched_again",
+            &[],
             rotated_idp_keys_are_fetched_again,
         ),
-    ];
-    let trials = cases
-        .into_iter()
-        .map(|(name, body)| Trial::test(name, move || body().map_err(Into::into)))
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    ]
 }

@@ -1,0 +1,720 @@
+//! The distributed path end to end: a scheduler, two workers running the sandbox runtime on
+//! the debootstrap toolchain image (imported as an OCI layout), and the daemon's farm client,
+//! all on loopback in this process. Sources are preprocessed by the host's gcc, as the
+//! daemon does, with the project root rewritten to `/src`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hpcc_auth::{RoutingClaims, RoutingKey, RoutingVerifier};
+use hpcc_core::digest::Digest;
+use hpcc_daemon::farm::{Farm, FarmConfig, FarmError, RemoteOutcome, RemoteRequest};
+use hpcc_image::ImageStore;
+use hpcc_proto::scheduler::{HeartbeatRequest, RegisterRequest};
+use hpcc_proto::worker::compile_request::Kind as RequestKind;
+use hpcc_proto::worker::worker_client::WorkerClient;
+use hpcc_proto::worker::{CompileHeader, CompileRequest, SourceChunk, SourceDone, SourceMode};
+use hpcc_runtime::sandbox::{SandboxConfig, SandboxRuntime};
+use hpcc_runtime::Limits;
+use hpcc_scheduler::service::SchedulerService;
+use hpcc_scheduler::Scheduler;
+use hpcc_store::{DiskConfig, DiskStore};
+use hpcc_worker::audit::{AuditLog, AuditRow};
+use hpcc_worker::service::WorkerService;
+use hpcc_worker::sessions::SessionPool;
+use hpcc_worker::{StoreRootfs, Worker, WorkerSettings};
+
+use crate::idp::Idp;
+use crate::scheduler::{config, now, tenant, user_token, SECRET};
+use crate::{Case, Need, TestResult};
+
+const CAPACITY: u32 = 4;
+
+struct WorkerHandle {
+    id: String,
+    /// Makes its heartbeats report a full queue, so that placement avoids it.
+    full: Arc<std::sync::atomic::AtomicBool>,
+    address: String,
+    audit: PathBuf,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Scheduler, two workers, tenants A and B with their IdPs.
+struct Farmland {
+    runtime: tokio::runtime::Runtime,
+    idp_a: Idp,
+    idp_b: Idp,
+    key: RoutingKey,
+    /// Kept so that the servers' state lives as long as the test.
+    _scheduler: Arc<Scheduler>,
+    scheduler_url: String,
+    workers: Vec<WorkerHandle>,
+    image: String,
+    _dirs: Vec<tempfile::TempDir>,
+    _scheduler_shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+fn text(error: impl std::fmt::Display) -> String {
+    error.to_string()
+}
+
+impl Farmland {
+    fn new() -> Result<Farmland, String> {
+        let runtime = tokio::runtime::Runtime::new().map_err(text)?;
+        let (layout, expected_digest) = crate::image::layout()?;
+        let store_dir = layout.with_file_name("e2e-image-store");
+        let store = ImageStore::open(&store_dir, hpcc_image::Limits::default()).map_err(text)?;
+        let image = store.import_layout(&layout).map_err(text)?.to_string();
+        if image != expected_digest {
+            return Err(format!("imported as {image}, packed as {expected_digest}"));
+        }
+        let images = Arc::new(StoreRootfs(store));
+        let idp_a = Idp::start("a")?;
+        let idp_b = Idp::start("b")?;
+        let key = RoutingKey::generate().map_err(text)?;
+        let mut tenant_a = tenant("a", &idp_a);
+        tenant_a.allowed_images = vec![image.clone()];
+        let mut tenant_b = tenant("b", &idp_b);
+        tenant_b.allowed_images = vec![image.clone()];
+        let scheduler = Arc::new(Scheduler::new(
+            &config(vec![tenant_a, tenant_b]),
+            RoutingKey::from_pem(&key.to_pem()).map_err(text)?,
+            SECRET.as_bytes().to_vec(),
+        ));
+        let agent = hpcc_runtime::testing::agent_binary()?;
+        let mut dirs = Vec::new();
+        let mut workers = Vec::new();
+        let (scheduler_shutdown, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
+        let scheduler_url = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(text)?;
+            let address = listener.local_addr().map_err(text)?;
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(SchedulerService::server(Arc::clone(&scheduler)))
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener),
+                        async {
+                            let _ = scheduler_stopped.await;
+                        },
+                    ),
+            );
+            Ok::<_, String>(format!("http://{address}"))
+        })?;
+        for id in ["w1", "w2"] {
+            let dir = tempfile::Builder::new()
+                .prefix("hpcc-e2e-")
+                .tempdir()
+                .map_err(text)?;
+            let mut sandbox = SandboxConfig::new(agent.clone());
+            sandbox.state_dir = dir.path().join("s");
+            let pool = SessionPool::new(
+                Arc::new(SandboxRuntime::new(sandbox).map_err(text)?),
+                Duration::from_secs(300),
+                Duration::from_secs(3_600),
+            );
+            let audit_path = dir.path().join("audit.tsv");
+            let worker = Arc::new(Worker::new(
+                WorkerSettings {
+                    id: id.into(),
+                    capacity: CAPACITY,
+                    limits: Limits::default(),
+                    source_date_epoch: 0,
+                },
+                RoutingVerifier::from_public_base64(&key.public_base64()).map_err(text)?,
+                pool,
+                images.clone(),
+                DiskStore::open(&dir.path().join("cache"), DiskConfig::default()).map_err(text)?,
+                AuditLog::open(&audit_path).map_err(text)?,
+            ));
+            let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+            let address = runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(text)?;
+                let address = listener.local_addr().map_err(text)?;
+                let serving = Arc::clone(&worker);
+                tokio::spawn(async move {
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(WorkerService::server(Arc::clone(&serving)))
+                        .serve_with_incoming_shutdown(
+                            tonic::transport::server::TcpIncoming::from(listener),
+                            async {
+                                let _ = stopped.await;
+                            },
+                        )
+                        .await;
+                    serving.pool().stop_all().await;
+                });
+                Ok::<_, String>(address.to_string())
+            })?;
+            scheduler
+                .register(
+                    RegisterRequest {
+                        worker_id: id.into(),
+                        address: address.clone(),
+                        capacity: CAPACITY,
+                        warm_images: vec![image.clone()],
+                        ..RegisterRequest::default()
+                    },
+                    Some(SECRET),
+                    now(),
+                )
+                .map_err(text)?;
+            // Heartbeats as the worker binary sends them, every 200 ms.
+            let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            {
+                let (scheduler, worker, full, image) = (
+                    Arc::clone(&scheduler),
+                    Arc::clone(&worker),
+                    Arc::clone(&full),
+                    image.clone(),
+                );
+                runtime.spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let load = if full.load(std::sync::atomic::Ordering::Relaxed) {
+                            CAPACITY * hpcc_scheduler::registry::OVERCOMMIT
+                        } else {
+                            worker.load() + worker.queued()
+                        };
+                        let beat = HeartbeatRequest {
+                            worker_id: worker.id().to_owned(),
+                            load,
+                            capacity: CAPACITY,
+                            warm_images: vec![image.clone()],
+                        };
+                        if scheduler.heartbeat(beat, Some(SECRET), now()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            workers.push(WorkerHandle {
+                full,
+                id: id.into(),
+                address,
+                audit: audit_path,
+                _shutdown: shutdown,
+            });
+            dirs.push(dir);
+        }
+        Ok(Farmland {
+            runtime,
+            idp_a,
+            idp_b,
+            key,
+            _scheduler: scheduler,
+            scheduler_url,
+            workers,
+            image,
+            _dirs: dirs,
+            _scheduler_shutdown: scheduler_shutdown,
+        })
+    }
+
+    fn farm(&self, tenant: &str) -> Result<Farm, String> {
+        // The client connects lazily, which needs the runtime's reactor.
+        let _entered = self.runtime.enter();
+        Farm::new(FarmConfig {
+            tenant: tenant.into(),
+            scheduler: self.scheduler_url.clone(),
+            scheduler_ca: None,
+            insecure_plaintext: true,
+            image: self.image.clone(),
+            timeout: Duration::from_secs(120),
+            route_patience: Duration::from_secs(60),
+        })
+        .map_err(text)
+    }
+
+    fn token_a(&self) -> String {
+        user_token(&self.idp_a, &self.idp_a.issuer(), now() + 600)
+    }
+
+    /// Makes worker `id` report a full queue from now on (after its next heartbeat).
+    fn fill(&self, id: &str) -> TestResult {
+        let worker = self
+            .workers
+            .iter()
+            .find(|worker| worker.id == id)
+            .ok_or("unknown worker")?;
+        worker
+            .full
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
+    }
+
+    fn audit_rows(&self, worker: usize) -> Result<Vec<AuditRow>, String> {
+        let text = std::fs::read_to_string(&self.workers[worker].audit).unwrap_or_default();
+        text.lines()
+            .map(|line| AuditRow::parse(line).map_err(|e| e.to_string()))
+            .collect()
+    }
+}
+
+/// A small project: `count` C files sharing a header, under a `project` directory.
+fn project(count: usize) -> Result<(tempfile::TempDir, Vec<PathBuf>), String> {
+    let dir = tempfile::tempdir().map_err(text)?;
+    let root = dir.path().join("project");
+    std::fs::create_dir_all(root.join("include")).map_err(text)?;
+    std::fs::write(
+        root.join("include/common.h"),
+        "#include <stdio.h>\nstatic inline int twice(int v) { return 2 * v; }\n",
+    )
+    .map_err(text)?;
+    let mut sources = Vec::new();
+    for index in 0..count {
+        let path = root.join(format!("f{index}.c"));
+        std::fs::write(
+            &path,
+            format!(
+                "#include \"common.h\"\nint f{index}(int v) {{ printf(\"%d\\n\", v); return twice(v) + N + {index}; }}\n"
+            ),
+        )
+        .map_err(text)?;
+        sources.push(path);
+    }
+    Ok((dir, sources))
+}
+
+/// What the daemon does before a remote compile: `gcc -E`, then the project root becomes
+/// `/src` in the line markers.
+fn preprocess(source: &Path, defines: &[String]) -> Result<Vec<u8>, String> {
+    let root = source.parent().ok_or("a source has a directory")?;
+    let output = Command::new("gcc")
+        .current_dir(root)
+        .args(["-E", "-Iinclude"])
+        .args(defines)
+        .arg(source.file_name().ok_or("a source has a name")?)
+        .output()
+        .map_err(text)?;
+    if !output.status.success() {
+        return Err(format!(
+            "gcc -E: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&output.stdout)
+        .replace(&format!("\"{}/", root.display()), "\"/src/");
+    Ok(text.into_bytes())
+}
+
+/// The same compile on the host with the same flags, as a local build with the same image
+/// (the host's gcc is bookworm's, like the image's; checked by [`same_gcc`]).
+fn local_compile(source: &[u8], injected: &[String], flags: &[String]) -> Result<Vec<u8>, String> {
+    let dir = tempfile::tempdir().map_err(text)?;
+    std::fs::write(dir.path().join("in.i"), source).map_err(text)?;
+    let job_dir = dir.path().display().to_string();
+    let output = Command::new("gcc")
+        .current_dir(dir.path())
+        .args(
+            injected
+                .iter()
+                .map(|flag| flag.replace("@JOBDIR@", &job_dir)),
+        )
+        .args(flags)
+        .args(["-x", "cpp-output", "-c", "in.i", "-o", "out.o"])
+        .output()
+        .map_err(text)?;
+    if !output.status.success() {
+        return Err(format!(
+            "local gcc: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    std::fs::read(dir.path().join("out.o")).map_err(text)
+}
+
+/// Whether the host's gcc-12 package is the image's (then their outputs must be identical).
+fn same_gcc() -> Result<bool, String> {
+    let version = |status: &Path| -> Option<String> {
+        let text = std::fs::read_to_string(status).ok()?;
+        let block = text
+            .split("\n\n")
+            .find(|block| block.starts_with("Package: gcc-12\n"))?;
+        block
+            .lines()
+            .find_map(|line| line.strip_prefix("Version: "))
+            .map(str::to_owned)
+    };
+    let image = hpcc_runtime::testing::image()?;
+    let host = version(Path::new("/var/lib/dpkg/status"));
+    let inside = version(&image.join("var/lib/dpkg/status"));
+    Ok(host.is_some() && host == inside)
+}
+
+fn request(source: Vec<u8>, flags: &[String]) -> RemoteRequest {
+    RemoteRequest {
+        compiler: "gcc".into(),
+        language: "cpp-output".into(),
+        flags: flags.to_vec(),
+        source,
+        extra_outputs: Vec::new(),
+    }
+}
+
+fn succeeded(outcome: &RemoteOutcome, what: &str) -> Result<Vec<u8>, String> {
+    if outcome.exit_code != 0 {
+        return Err(format!(
+            "{what}: exit {}: {}",
+            outcome.exit_code,
+            String::from_utf8_lossy(&outcome.stderr)
+        ));
+    }
+    let object = outcome
+        .object
+        .clone()
+        .ok_or_else(|| format!("{what}: no object"))?;
+    if !object.starts_with(b"\x7fELF") {
+        return Err(format!("{what}: not an ELF object"));
+    }
+    Ok(object)
+}
+
+fn remote_compiles_match_local_and_across_workers() -> TestResult {
+    let land = Farmland::new()?;
+    let farm = land.farm("a")?;
+    let token = land.token_a();
+    let identical_toolchains = same_gcc()?;
+    if !identical_toolchains {
+        println!("note: host and image gcc-12 differ; comparing across workers only");
+    }
+    let (_dir, sources) = project(4)?;
+    let flags: Vec<String> = ["-O2", "-g", "-Wall"]
+        .iter()
+        .map(|flag| (*flag).to_owned())
+        .collect();
+    let defines = vec!["-DN=7".to_owned()];
+    let mut first_worker = String::new();
+    for source in &sources {
+        let preprocessed = preprocess(source, &defines)?;
+        let outcome = land
+            .runtime
+            .block_on(farm.compile(request(preprocessed.clone(), &flags), &token))
+            .map_err(text)?;
+        let object = succeeded(&outcome, "remote compile")?;
+        first_worker = outcome.worker.clone();
+        if identical_toolchains {
+            let local = local_compile(&preprocessed, &outcome.injected, &flags)?;
+            if local != object {
+                return Err(format!(
+                    "{}: the remote object ({} bytes) differs from the local one ({} bytes)",
+                    source.display(),
+                    object.len(),
+                    local.len()
+                ));
+            }
+        }
+        if outcome.sent_bytes >= preprocessed.len() as u64 {
+            return Err(format!(
+                "zstd did not shrink the source: {} bytes sent for {}",
+                outcome.sent_bytes,
+                preprocessed.len()
+            ));
+        }
+    }
+    // The same source on the other worker: byte-identical.
+    let preprocessed = preprocess(&sources[0], &["-DN=8".to_owned()])?;
+    let first = land
+        .runtime
+        .block_on(farm.compile(request(preprocessed.clone(), &flags), &token))
+        .map_err(text)?;
+    land.fill(&first.worker)?;
+    let second = land
+        .runtime
+        .block_on(farm.compile(request(preprocessed, &flags), &token))
+        .map_err(text)?;
+    if first.worker == second.worker || second.cache_hit {
+        return Err(format!(
+            "expected a fresh compile on the other worker: {} then {} (hit {})",
+            first.worker, second.worker, second.cache_hit
+        ));
+    }
+    if succeeded(&first, "first")? != succeeded(&second, "second")? {
+        return Err("two workers produced different objects".into());
+    }
+    // Every job left one audit row whose output digest is the object's.
+    let index = land
+        .workers
+        .iter()
+        .position(|worker| worker.id == first_worker)
+        .ok_or("unknown worker")?;
+    let rows = land.audit_rows(index)?;
+    if rows.len() < sources.len() {
+        return Err(format!(
+            "{} audit rows for {} compiles",
+            rows.len(),
+            sources.len()
+        ));
+    }
+    let digest = Digest::of(&succeeded(&first, "first")?).to_hex();
+    let all: Vec<AuditRow> = (0..2)
+        .flat_map(|worker| land.audit_rows(worker).unwrap_or_default())
+        .collect();
+    if !all.iter().any(|row| {
+        row.output_digest == digest && row.tenant == "a" && !row.vm.is_empty() && row.vm != "cache"
+    }) {
+        return Err(format!("no audit row for the object: {all:?}"));
+    }
+    Ok(())
+}
+
+/// Sends a compile straight to `address` with `routing_token`; the status if refused.
+fn send_direct(
+    land: &Farmland,
+    address: &str,
+    routing_token: String,
+    tenant: &str,
+    image: &str,
+    flags: Vec<String>,
+) -> Result<(), tonic::Status> {
+    let source = b"int f(void) { return 1; }\n".to_vec();
+    let header = CompileHeader {
+        routing_token,
+        tenant_id: tenant.into(),
+        image_digest: image.into(),
+        source_mode: SourceMode::Preprocessed as i32,
+        compiler: "gcc".into(),
+        args: flags,
+        language: "cpp-output".into(),
+        source_digest: Digest::of(&source).0.to_vec(),
+        source_len: source.len() as u64,
+        extra_outputs: Vec::new(),
+    };
+    let messages = vec![
+        CompileRequest {
+            kind: Some(RequestKind::Header(header)),
+        },
+        CompileRequest {
+            kind: Some(RequestKind::Source(SourceChunk {
+                zstd: zstd_frame(&source),
+            })),
+        },
+        CompileRequest {
+            kind: Some(RequestKind::Done(SourceDone {})),
+        },
+    ];
+    land.runtime.block_on(async {
+        let mut client = WorkerClient::connect(format!("http://{address}"))
+            .await
+            .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+        let mut events = client
+            .compile(tokio_stream_iter(messages))
+            .await?
+            .into_inner();
+        while let Some(event) = events.message().await? {
+            let _ = event;
+        }
+        Ok(())
+    })
+}
+
+fn tokio_stream_iter(
+    messages: Vec<CompileRequest>,
+) -> impl tonic::codegen::tokio_stream::Stream<Item = CompileRequest> {
+    tonic::codegen::tokio_stream::iter(messages)
+}
+
+fn zstd_frame(data: &[u8]) -> Vec<u8> {
+    hpcc_worker::service::zstd_chunk(data)
+}
+
+fn claims(
+    land: &Farmland,
+    worker: &str,
+    tenant: &str,
+    image: &str,
+    iat: u64,
+    exp: u64,
+) -> RoutingClaims {
+    let _ = land;
+    RoutingClaims {
+        iss: hpcc_auth::routing::ROUTING_ISSUER.into(),
+        tenant: tenant.into(),
+        image: image.into(),
+        worker: worker.into(),
+        sub: "alice".into(),
+        iat,
+        exp,
+    }
+}
+
+fn refused(result: Result<(), tonic::Status>, needle: &str, what: &str) -> TestResult {
+    match result {
+        Err(status) if status.message().contains(needle) => Ok(()),
+        other => Err(format!(
+            "{what}: expected a refusal naming {needle:?}, got {other:?}"
+        )),
+    }
+}
+
+fn bad_routing_tokens_are_refused_without_audit() -> TestResult {
+    let land = Farmland::new()?;
+    let (w1, w2) = (&land.workers[0], &land.workers[1]);
+    let image = land.image.clone();
+    let sign = |claims: &RoutingClaims| land.key.sign(claims).map_err(text);
+    let now = now();
+    let for_w1 = sign(&claims(&land, &w1.id, "a", &image, now, now + 60))?;
+    refused(
+        send_direct(&land, &w2.address, for_w1.clone(), "a", &image, vec![]),
+        "worker",
+        "a token for another worker",
+    )?;
+    let other_image = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+    refused(
+        send_direct(&land, &w1.address, for_w1.clone(), "a", other_image, vec![]),
+        "image",
+        "another image",
+    )?;
+    refused(
+        send_direct(&land, &w1.address, for_w1.clone(), "b", &image, vec![]),
+        "tenant",
+        "another tenant",
+    )?;
+    let expired = sign(&claims(&land, &w1.id, "a", &image, now - 600, now - 300))?;
+    refused(
+        send_direct(&land, &w1.address, expired, "a", &image, vec![]),
+        "expired",
+        "an expired token",
+    )?;
+    // One character changed in the middle of the signature (the last one may be padding bits).
+    let mut tampered: Vec<char> = for_w1.chars().collect();
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
+    refused(
+        send_direct(&land, &w1.address, tampered, "a", &image, vec![]),
+        "signature",
+        "a tampered token",
+    )?;
+    let stranger = RoutingKey::generate().map_err(text)?;
+    let forged = stranger
+        .sign(&claims(&land, &w1.id, "a", &image, now, now + 60))
+        .map_err(text)?;
+    refused(
+        send_direct(&land, &w1.address, forged, "a", &image, vec![]),
+        "signature",
+        "a token not signed by the scheduler",
+    )?;
+    refused(
+        send_direct(
+            &land,
+            &w1.address,
+            for_w1.clone(),
+            "a",
+            &image,
+            vec!["-fplugin=/x.so".into()],
+        ),
+        "fplugin",
+        "a refused flag",
+    )?;
+    for worker in 0..2 {
+        let rows = land.audit_rows(worker)?;
+        if !rows.is_empty() {
+            return Err(format!("refused requests left audit rows: {rows:?}"));
+        }
+    }
+    // Through the farm: tenant B's scheduler route refuses tenant A's token.
+    let farm_b = land.farm("b")?;
+    match land
+        .runtime
+        .block_on(farm_b.compile(request(b"int x;\n".to_vec(), &[]), &land.token_a()))
+    {
+        Err(FarmError::Scheduler(message)) if message.contains("Unauthenticated") => {}
+        other => return Err(format!("A's token for B: {other:?}")),
+    }
+    if land.idp_a.jwks_requests() != 0 {
+        return Err("tenant A's IdP was asked about tenant B's route".into());
+    }
+    let _ = &land.idp_b;
+    // And the valid token works, leaving exactly one row.
+    send_direct(&land, &w1.address, for_w1, "a", &image, vec![]).map_err(text)?;
+    if land.audit_rows(0)?.len() != 1 {
+        return Err("one accepted compile, one audit row".into());
+    }
+    Ok(())
+}
+
+fn many_concurrent_remote_compiles() -> TestResult {
+    let land = Farmland::new()?;
+    let (_dir, sources) = project(5)?;
+    let flags: Vec<String> = vec!["-O1".into()];
+    let token = land.token_a();
+    let identical_toolchains = same_gcc()?;
+    let mut jobs = Vec::new();
+    for index in 0..200usize {
+        let source = &sources[index % sources.len()];
+        jobs.push(preprocess(source, &[format!("-DN={index}")])?);
+    }
+    let farms: Vec<Arc<Farm>> = (0..4)
+        .map(|_| land.farm("a").map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    let outcomes: Vec<Result<RemoteOutcome, FarmError>> = land.runtime.block_on(async {
+        let mut handles = Vec::new();
+        for (index, source) in jobs.iter().enumerate() {
+            let farm = Arc::clone(&farms[index % farms.len()]);
+            let request = request(source.clone(), &flags);
+            let token = token.clone();
+            handles.push(tokio::spawn(
+                async move { farm.compile(request, &token).await },
+            ));
+        }
+        let mut outcomes = Vec::new();
+        for handle in handles {
+            outcomes.push(match handle.await {
+                Ok(outcome) => outcome,
+                Err(error) => Err(FarmError::Timeout(Duration::from_secs(u64::from(
+                    error.is_cancelled(),
+                )))),
+            });
+        }
+        outcomes
+    });
+    let mut by_worker = std::collections::BTreeMap::new();
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        let outcome = outcome.map_err(|error| format!("compile {index}: {error}"))?;
+        let object = succeeded(&outcome, &format!("compile {index}"))?;
+        *by_worker.entry(outcome.worker.clone()).or_insert(0) += 1;
+        if identical_toolchains && index % 20 == 0 {
+            let local = local_compile(&jobs[index], &outcome.injected, &flags)?;
+            if local != object {
+                return Err(format!(
+                    "compile {index}: the remote object differs from the local one"
+                ));
+            }
+        }
+    }
+    let rows = land.audit_rows(0)?.len() + land.audit_rows(1)?.len();
+    if rows != 200 {
+        return Err(format!("{rows} audit rows for 200 compiles"));
+    }
+    println!("200 concurrent compiles by worker: {by_worker:?}");
+    Ok(())
+}
+
+/// The farm tests.
+pub fn cases() -> Vec<Case> {
+    const SANDBOX: &[Need] = &[Need::Sandbox];
+    vec![
+        (
+            "farm::remote_compiles_match_local_and_across_workers",
+            SANDBOX,
+            remote_compiles_match_local_and_across_workers,
+        ),
+        (
+            "farm::bad_routing_tokens_are_refused_without_audit",
+            SANDBOX,
+            bad_routing_tokens_are_refused_without_audit,
+        ),
+        (
+            "farm::many_concurrent_remote_compiles",
+            SANDBOX,
+            many_concurrent_remote_compiles,
+        ),
+    ]
+}

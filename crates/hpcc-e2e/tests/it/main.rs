@@ -1,0 +1,71 @@
+//! End-to-end tests of remote compilation, in one process over loopback gRPC.
+//!
+//! - `idp`: a stand-in identity provider (JWKS over HTTP, request counts, key rotation).
+//! - `scheduler`: the scheduler alone: tenants, tokens, images, placement.
+//! - `image`: packs the debootstrap toolchain root as an OCI layout (the worker imports it).
+//! - `farm`: scheduler, two workers with the sandbox runtime, and the daemon's farm client:
+//!   outputs identical to local compiles and across workers, refusals without audit rows,
+//!   many concurrent compiles.
+//!
+//! A test whose prerequisite is missing (root, debootstrap) prints `skipped: <name>: <reason>`
+//! and is reported as ignored, never as passed.
+
+mod farm;
+mod idp;
+mod image;
+mod scheduler;
+
+use libtest_mimic::{Arguments, Trial};
+
+/// What a test returns: `Err` carries the failure message.
+pub type TestResult = Result<(), String>;
+
+/// Something a test needs from the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Root, the static agent and the debootstrap image (the sandbox runtime).
+    Sandbox,
+}
+
+/// A test: name, needs, body.
+pub type Case = (&'static str, &'static [Need], fn() -> TestResult);
+
+fn missing(needs: &[Need]) -> Option<String> {
+    for need in needs {
+        match need {
+            Need::Sandbox => {
+                if !rustix::process::geteuid().is_root() {
+                    return Some("needs root (the sandbox runtime)".into());
+                }
+                if let Err(reason) = hpcc_runtime::testing::agent_binary() {
+                    return Some(reason);
+                }
+                if let Err(reason) = hpcc_runtime::testing::image() {
+                    return Some(reason);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut cases: Vec<Case> = Vec::new();
+    cases.extend(scheduler::cases());
+    cases.extend(farm::cases());
+    let trials = cases
+        .into_iter()
+        .map(|(name, needs, body)| {
+            let trial = Trial::test(name, move || body().map_err(Into::into));
+            match missing(needs) {
+                Some(reason) => {
+                    println!("skipped: {name}: {reason}");
+                    trial.with_ignored_flag(true)
+                }
+                None => trial,
+            }
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}

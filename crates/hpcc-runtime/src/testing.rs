@@ -1,0 +1,161 @@
+//! Test support, for this crate's tests and the end-to-end tests of others: the statically
+//! linked agent and the cached Debian image with gcc that sessions run. Nothing in production
+//! calls it.
+//!
+//! `cargo test` does not build `hpcc-agent`'s binary for another package's tests, and the
+//! binary must be static to run on the image's root, so [`agent_binary`] builds it once per
+//! run with `RUSTFLAGS='-C target-feature=+crt-static' cargo build -p hpcc-agent --target
+//! x86_64-unknown-linux-gnu` into `<target>/agent-static` (a separate target directory, so
+//! the nested cargo neither waits on the outer one's lock nor invalidates its artifacts).
+//! `HPCC_AGENT_BIN` names a prebuilt binary instead.
+//!
+//! [`image`] runs `debootstrap --variant=minbase --include=gcc,g++,libc6-dev bookworm` into a
+//! temporary directory and renames it to `<target>/test-images/bookworm-gcc` when complete,
+//! so an interrupted build is never used and later runs on the machine reuse it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The target directory the test binary was built in (`<target>/debug/deps/it-*`).
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_owned))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+/// The static agent binary, built once per test run.
+pub fn agent_binary() -> Result<PathBuf, String> {
+    static AGENT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    AGENT.get_or_init(build_agent).clone()
+}
+
+fn build_agent() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("HPCC_AGENT_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let triple = "x86_64-unknown-linux-gnu";
+    if std::env::consts::ARCH != "x86_64" {
+        return Err(format!(
+            "the static agent build is set up for {triple} only"
+        ));
+    }
+    let agent_target = target_dir().join("agent-static");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!(
+        "building the static hpcc-agent into {}",
+        agent_target.display()
+    );
+    let output = Command::new(cargo)
+        .current_dir(&workspace)
+        .args(["build", "--quiet", "-p", "hpcc-agent", "--target", triple])
+        .env("CARGO_TARGET_DIR", &agent_target)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .map_err(|error| format!("cannot run cargo to build hpcc-agent: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "building the static hpcc-agent failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let binary = agent_target.join(triple).join("debug/hpcc-agent");
+    // A dynamically linked agent would fail inside the image with a confusing ENOENT.
+    let bytes = std::fs::read(&binary).map_err(|error| format!("{}: {error}", binary.display()))?;
+    if bytes
+        .windows(b"ld-linux".len())
+        .any(|window| window == b"ld-linux")
+        && has_interp(&bytes)
+    {
+        return Err(format!("{} is not statically linked", binary.display()));
+    }
+    Ok(binary)
+}
+
+/// Whether an ELF file has a `PT_INTERP` program header (a dynamic loader).
+fn has_interp(elf: &[u8]) -> bool {
+    let read = |at: usize, len: usize| -> u64 {
+        elf.get(at..at + len).map_or(0, |bytes| {
+            bytes
+                .iter()
+                .rev()
+                .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte))
+        })
+    };
+    let phoff = usize::try_from(read(0x20, 8)).unwrap_or(usize::MAX);
+    let phentsize = usize::try_from(read(0x36, 2)).unwrap_or(0);
+    let phnum = usize::try_from(read(0x38, 2)).unwrap_or(0);
+    (0..phnum).any(|index| read(phoff.saturating_add(index * phentsize), 4) == 3)
+}
+
+/// The Debian bookworm image with gcc, g++ and libc6-dev, built once per machine.
+pub fn image() -> Result<PathBuf, String> {
+    static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    IMAGE.get_or_init(build_image).clone()
+}
+
+const IMAGE_MARKER: &str = ".hpcc-test-image-complete";
+
+fn build_image() -> Result<PathBuf, String> {
+    let images = target_dir().join("test-images");
+    let image = images.join("bookworm-gcc");
+    if image.join(IMAGE_MARKER).exists() {
+        return Ok(image);
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err("building the debootstrap image needs root".into());
+    }
+    let debootstrap = ["/usr/sbin/debootstrap", "/usr/bin/debootstrap"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .ok_or("debootstrap is not installed (apt-get install debootstrap)")?;
+    std::fs::create_dir_all(&images).map_err(|error| format!("{}: {error}", images.display()))?;
+    let partial = images.join(format!("bookworm-gcc.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    println!(
+        "building the test image {} with debootstrap (about a minute)",
+        image.display()
+    );
+    let mut command = Command::new(debootstrap);
+    command
+        .args([
+            "--variant=minbase",
+            "--include=gcc,g++,libc6-dev",
+            "bookworm",
+        ])
+        .arg(&partial);
+    if let Some(mirror) = std::env::var_os("HPCC_DEBIAN_MIRROR") {
+        command.arg(mirror);
+    }
+    let output = command
+        .output()
+        .map_err(|error| format!("cannot run debootstrap: {error}"))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_dir_all(&partial);
+        let log = String::from_utf8_lossy(&output.stdout);
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        return Err(format!("debootstrap failed: {}", tail.join(" | ")));
+    }
+    std::fs::write(partial.join(IMAGE_MARKER), b"")
+        .map_err(|error| format!("marking the image: {error}"))?;
+    match std::fs::rename(&partial, &image) {
+        Ok(()) => Ok(image),
+        // Another test run finished first: use its image.
+        Err(_) if image.join(IMAGE_MARKER).exists() => {
+            let _ = std::fs::remove_dir_all(&partial);
+            Ok(image)
+        }
+        Err(error) => Err(format!(
+            "renaming {} to {}: {error}",
+            partial.display(),
+            image.display()
+        )),
+    }
+}
