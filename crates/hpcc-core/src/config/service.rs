@@ -198,7 +198,8 @@ impl WorkerConfig {
             toml::from_str(text).map_err(|error| file_error(error.message().to_owned()))?;
         if config.tls.is_none() && !config.insecure_plaintext {
             return Err(file_error(
-                "`tls` is required (or `insecure_plaintext = true`, for loopback tests only)".into(),
+                "`tls` is required (or `insecure_plaintext = true`, for loopback tests only)"
+                    .into(),
             ));
         }
         if config.capacity == 0 {
