@@ -367,9 +367,46 @@ pub fn write_aged(path: &Path, bytes: &[u8]) {
     file.set_modified(past).expect("setting mtime");
 }
 
-/// The hpcc binary under test.
+/// The hpcc binary under test, with `hpccd` (another package's binary, which cargo does not
+/// build for this package's tests) built beside it on first use.
 pub fn hpcc_binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_hpcc"))
+    static DAEMON: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let hpcc = Path::new(env!("CARGO_BIN_EXE_hpcc"));
+    if let Err(error) = DAEMON.get_or_init(|| build_daemon_beside(hpcc)) {
+        panic!("{error}");
+    }
+    hpcc
+}
+
+/// Runs `cargo build -p hpcc-daemon` into the target directory holding `hpcc`, so the daemon
+/// under test is never missing or older than the sources.
+fn build_daemon_beside(hpcc: &Path) -> Result<(), String> {
+    let profile_dir = hpcc.parent().ok_or("hpcc has no parent directory")?;
+    let target_dir = profile_dir.parent().ok_or("hpcc is not in a target dir")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(&workspace)
+        .args(["build", "--quiet", "-p", "hpcc-daemon", "--bin", "hpccd"])
+        .env("CARGO_TARGET_DIR", target_dir);
+    if profile_dir.file_name() == Some(OsStr::new("release")) {
+        build.arg("--release");
+    }
+    let output = build
+        .output()
+        .map_err(|error| format!("cannot run cargo to build hpccd: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "building hpccd failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let daemon = profile_dir.join("hpccd");
+    if !daemon.is_file() {
+        return Err(format!("{} is missing after cargo build", daemon.display()));
+    }
+    Ok(())
 }
 
 /// Lossy text of some output, for messages.
