@@ -102,10 +102,13 @@ mod tests {
         let stats = TierStats::default();
         TierStats::bump(&stats.hits);
         TierStats::bump(&stats.hits);
+        // A bound belongs to its own bucket; one microsecond more is the next one.
         stats.record_read(Duration::from_micros(150));
+        stats.record_read(Duration::from_micros(151));
         stats.record_read(Duration::from_secs(60));
         let drained = stats.drain();
         assert!(drained.contains(&("hits".into(), 2)), "{drained:?}");
+        assert!(drained.contains(&("get_le_150us".into(), 1)), "{drained:?}");
         assert!(drained.contains(&("get_le_200us".into(), 1)), "{drained:?}");
         assert!(
             drained.contains(&("get_gt_10000000us".into(), 1)),
