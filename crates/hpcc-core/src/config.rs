@@ -11,8 +11,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod farm;
 mod remote;
 mod service;
+
+pub use farm::RemoteCompileConfig;
 
 pub use remote::{Backend, RemoteConfig, RemoteOptions};
 pub use service::{is_image_digest, SchedulerConfig, TenantConfig, TlsFiles, WorkerConfig};
@@ -185,6 +188,9 @@ pub struct Config {
     /// Remote stores behind the local cache, asked in order after it (served by the daemon).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remote: Vec<RemoteConfig>,
+    /// Remote compilation of misses (`[remote_compile]`), served by the daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_compile: Option<RemoteCompileConfig>,
 }
 
 impl Default for Config {
@@ -200,6 +206,7 @@ impl Default for Config {
             stats: true,
             daemon: DaemonConfig::default(),
             remote: Vec::new(),
+            remote_compile: None,
         }
     }
 }
@@ -241,7 +248,40 @@ pub fn parse_file(path: &std::path::Path, text: &str) -> Result<Config, ConfigEr
         path: path.to_path_buf(),
         message,
     })?;
+    if let Some(farm) = &config.remote_compile {
+        farm.validate(config.remote.len())
+            .map_err(|message| ConfigError::File {
+                path: path.to_path_buf(),
+                message,
+            })?;
+    }
     Ok(config)
+}
+
+/// Parses `HPCC_REMOTE_COMPILE`: a TOML inline table, as `remote_compile = {...}` would be
+/// written; empty turns remote compilation off.
+fn parse_remote_compile_variable(
+    name: &str,
+    value: &str,
+) -> Result<Option<RemoteCompileConfig>, ConfigError> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    #[derive(Deserialize)]
+    struct Wrapper {
+        remote_compile: RemoteCompileConfig,
+    }
+    let invalid = |message: String| {
+        ConfigError::InvalidValue {
+        key: name.into(),
+        value: format!("{value} ({message})"),
+        expected: "a TOML inline table, e.g. {tenant_id = \"acme\", scheduler = \"https://...\", image = \"sha256:...\"}",
+    }
+    };
+    let wrapper: Wrapper = toml::from_str(&format!("remote_compile = {value}"))
+        .map_err(|error| invalid(error.message().to_owned()))?;
+    wrapper.remote_compile.validate(0).map_err(invalid)?;
+    Ok(Some(wrapper.remote_compile))
 }
 
 /// Parses `HPCC_REMOTE`: a TOML array of inline tables, as `remote = [...]` would be written.
@@ -369,11 +409,21 @@ where
                     })?
             }
             "REMOTE" => config.remote = parse_remote_variable(name, value)?,
+            "REMOTE_COMPILE" => config.remote_compile = parse_remote_compile_variable(name, value)?,
             "DAEMON_REPLY_TIMEOUT_MS" => {
                 config.daemon.reply_timeout_ms = parse_number(name, value, "milliseconds")?
             }
             _ => return Err(ConfigError::UnknownVariable(name.into())),
         }
+    }
+    if let Some(farm) = &config.remote_compile {
+        // The file and the variables may each be valid and yet clash (paranoid + stores).
+        farm.validate(config.remote.len())
+            .map_err(|message| ConfigError::InvalidValue {
+                key: "remote_compile".into(),
+                value: message,
+                expected: "a remote_compile table consistent with the [[remote]] stores",
+            })?;
     }
     Ok(config)
 }
