@@ -30,6 +30,7 @@ use crate::deps;
 use crate::hot::HotFiles;
 use crate::identity::{self, Identity};
 use crate::includes::{self, Recorded};
+use crate::remote_compile::{self, RemoteCompiler, RemoteJob};
 
 /// Bumped whenever the meaning of a key changes, so old entries simply stop matching.
 const KEY_FORMAT: &str = "hpcc-key-4";
@@ -107,6 +108,8 @@ pub struct Job<'a> {
     manifests: Option<&'a ManifestCache>,
     /// The daemon's remote stores, asked after a local miss.
     remote: Option<&'a dyn RemoteFallback>,
+    /// The daemon's farm: a miss is compiled there (results keyed by its image).
+    farm: Option<&'a dyn RemoteCompiler>,
     /// Where the caller's directory is, for brevity.
     cwd: &'a Path,
 }
@@ -248,8 +251,45 @@ impl<'a> Job<'a> {
             memory: None,
             manifests: None,
             remote: None,
+            farm: None,
             cwd: &caller.cwd,
         }
+    }
+
+    /// Compiles a miss on `farm` when this invocation qualifies (see
+    /// [`remote_compile::ineligible`]); keys then name the farm's image instead of standing
+    /// for the local compiler alone. An invocation that does not qualify is untouched.
+    pub fn remote_compile(mut self, farm: Option<&'a dyn RemoteCompiler>) -> Job<'a> {
+        self.farm = farm.filter(|_| self.remote_reason().is_none());
+        self
+    }
+
+    /// Why this job's miss would be compiled here despite a farm, or `None`.
+    pub fn remote_reason(&self) -> Option<&'static str> {
+        let driver = self
+            .compiler
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
+        remote_compile::ineligible(driver, self.invocation)
+    }
+
+    /// Whether a miss is compiled on the farm.
+    pub fn is_remote(&self) -> bool {
+        self.farm.is_some()
+    }
+
+    /// Paranoid mode: nothing is read from or written to this machine's cache.
+    fn paranoid(&self) -> bool {
+        self.farm.is_some_and(|farm| farm.paranoid())
+    }
+
+    /// Stores an entry, unless in paranoid mode.
+    fn put(&self, kind: Kind, key: &Digest, bytes: &[u8]) -> Result<()> {
+        if !self.paranoid() {
+            self.store.put(kind, key, bytes)?;
+        }
+        Ok(())
     }
 
     /// Looks up only: a hit is served, a miss returns [`Outcome::NotFound`] without running
@@ -267,6 +307,9 @@ impl<'a> Job<'a> {
 
     /// Reads an entry through the memory tier, if there is one.
     fn fetch(&self, kind: Kind, key: &hpcc_core::digest::Digest) -> Result<Fetched> {
+        if self.paranoid() {
+            return Ok(Fetched::Miss);
+        }
         let local = self.fetch_local(kind, key)?;
         if matches!(local, Fetched::Hit(_)) {
             return Ok(local);
@@ -428,6 +471,10 @@ impl<'a> Job<'a> {
             )
             .field("color", &[u8::from(color)])
             .field("rooted", &[u8::from(root.is_some())]);
+        if let Some(farm) = self.farm {
+            // Compiled by the image's toolchain, not the local one.
+            key.field("remote-image", farm.image().as_bytes());
+        }
         key.field("cwd", &rewriter.rewrite(self.cwd.as_os_str().as_bytes()));
         key.field(
             "source",
@@ -595,7 +642,15 @@ impl<'a> Job<'a> {
                 ]);
             }
         }
-        let output = self.compile(&prepared.injected, &extra)?;
+        let output = match self.execute(prepared, &extra, None) {
+            Ok(output) => output,
+            Err(error) => {
+                if let Some(path) = &own_dep_file {
+                    let _ = fs::remove_file(path);
+                }
+                return Err(error);
+            }
+        };
         let exit = output.status.code().unwrap_or(1);
         let mut result = ResultEntry::default();
         result.set(SectionKind::Stdout, output.stdout);
@@ -662,11 +717,9 @@ impl<'a> Job<'a> {
             }
             entry.result = result_key.finish();
             self.collect_outputs(&mut result, prepared)?;
-            self.store
-                .put(Kind::Result, &entry.result, &result.encode())?;
+            self.put(Kind::Result, &entry.result, &result.encode())?;
             manifest.add(entry);
-            self.store
-                .put(Kind::Manifest, &direct_key, &manifest.encode())?;
+            self.put(Kind::Manifest, &direct_key, &manifest.encode())?;
             Ok(None)
         })();
         if let Some(path) = &own_dep_file {
@@ -705,6 +758,7 @@ impl<'a> Job<'a> {
         let started = SystemTime::now();
         let mut inputs_read = Vec::new();
         let mut refused = None;
+        let mut preprocessed_text = None;
         if invocation.language.is_preprocessed_by_compiler() {
             let preprocessed = self
                 .caller
@@ -733,6 +787,7 @@ impl<'a> Job<'a> {
             if includes::uses_incbin(&preprocessed.stdout) {
                 refused = Some(NotCacheable::Incbin);
             }
+            preprocessed_text = Some(preprocessed.stdout);
         } else {
             let mut buffer = Vec::new();
             let source = self.cwd.join(&invocation.source);
@@ -766,7 +821,7 @@ impl<'a> Job<'a> {
                 corrupt,
             });
         }
-        let output = self.compile(&prepared.injected, &[])?;
+        let output = self.execute(prepared, &[], preprocessed_text)?;
         let exit = output.status.code().unwrap_or(1);
         let mut result = ResultEntry::default();
         result.set(SectionKind::Stdout, output.stdout);
@@ -784,11 +839,10 @@ impl<'a> Job<'a> {
             // The compile may have read other content than the `-E` run that made the key.
             tracing::debug!(?path, "input changed during the compile; not storing");
             not_stored = Some(NotCacheable::InputChanged(path.display().to_string()));
-        } else if let Err(error) = self.collect_outputs(&mut result, prepared).and_then(|()| {
-            Ok(self
-                .store
-                .put(Kind::Result, &result_key, &result.encode())?)
-        }) {
+        } else if let Err(error) = self
+            .collect_outputs(&mut result, prepared)
+            .and_then(|()| self.put(Kind::Result, &result_key, &result.encode()))
+        {
             tracing::warn!("not storing the result: {error:#}");
             crate::record_error("store");
         }
@@ -797,6 +851,95 @@ impl<'a> Job<'a> {
             exit,
             not_stored,
             corrupt,
+        })
+    }
+
+    /// Runs the compile of a miss: on the farm if there is one, else here. With a farm, an
+    /// `Err` means the farm failed and nothing the caller sees was written.
+    fn execute(
+        &self,
+        prepared: &Prepared,
+        extra: &[OsString],
+        preprocessed: Option<Vec<u8>>,
+    ) -> Result<std::process::Output> {
+        match self.farm {
+            Some(farm) => self.compile_remotely(farm, prepared, extra, preprocessed),
+            None => self.compile(&prepared.injected, extra),
+        }
+    }
+
+    /// Preprocesses here (writing the dependency files a local compile would), compiles on
+    /// the farm, and writes the object where the compiler would have.
+    fn compile_remotely(
+        &self,
+        farm: &dyn RemoteCompiler,
+        prepared: &Prepared,
+        extra: &[OsString],
+        preprocessed: Option<Vec<u8>>,
+    ) -> Result<std::process::Output> {
+        use std::os::unix::process::ExitStatusExt;
+        let invocation = self.invocation;
+        // The colour request goes to the worker; the root mapping is the worker's own.
+        let passed: Vec<OsString> = prepared
+            .injected
+            .iter()
+            .filter(|word| !word.as_bytes().starts_with(b"-ffile-prefix-map="))
+            .cloned()
+            .collect();
+        let flags = remote_compile::worker_flags(invocation, &passed)
+            .context("a compile flag is not UTF-8")?;
+        let text = match preprocessed {
+            Some(text) if invocation.dep.is_none() && extra.is_empty() => text,
+            _ => {
+                let output = self
+                    .caller
+                    .command(self.compiler)
+                    .args(&prepared.injected)
+                    .args(invocation.preprocessor_words())
+                    .args(remote_compile::dependency_words(invocation))
+                    .args(extra)
+                    .arg("-E")
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .output()
+                    .with_context(|| format!("running {:?} -E", self.compiler))?;
+                // The local compile that follows reports the error as the compiler would.
+                anyhow::ensure!(output.status.success(), "the preprocessor failed");
+                output.stdout
+            }
+        };
+        let root = prepared.rewriter.root();
+        let job = RemoteJob {
+            driver: self
+                .compiler
+                .file_name()
+                .and_then(|name| name.to_str())
+                .unwrap_or_default()
+                .to_owned(),
+            language: remote_compile::remote_language(invocation.language).to_owned(),
+            flags,
+            source: remote_compile::to_remote(&text, root),
+        };
+        drop(text);
+        let result = farm
+            .compile(job)
+            .map_err(|error| anyhow::anyhow!("remote compile: {error}"))?;
+        if result.exit == 0 {
+            let object = result
+                .object
+                .as_deref()
+                .context("remote compile: success without an object")?;
+            self.write_output(&self.cwd.join(&invocation.output), object)?;
+            if let Some(dep) = &invocation.dep {
+                let _ = self
+                    .caller
+                    .set_output_permissions(&self.cwd.join(&dep.path));
+            }
+        }
+        Ok(std::process::Output {
+            status: std::process::ExitStatus::from_raw((result.exit & 0xff) << 8),
+            stdout: result.stdout,
+            stderr: remote_compile::from_remote(&result.stderr, root),
         })
     }
 

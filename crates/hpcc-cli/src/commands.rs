@@ -140,6 +140,12 @@ fn stats_command(rest: &[OsString]) -> Result<()> {
             "uncacheable": uncacheable.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "errors": errors.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "corrupt_entries": get(stats::names::CORRUPT),
+            "remote_compile": {
+                "compiled": get(stats::names::REMOTE_COMPILED),
+                "worker_hits": get(stats::names::REMOTE_WORKER_HIT),
+                "fallbacks": get(stats::names::REMOTE_FALLBACK),
+                "ineligible": get(stats::names::REMOTE_INELIGIBLE),
+            },
             "cache_size_bytes": size,
             "cache_entries": entries,
             "max_size_bytes": settings.config.max_size.0,
@@ -175,6 +181,22 @@ fn stats_command(rest: &[OsString]) -> Result<()> {
         say!("errors: {kind:<27} {count}");
     }
     say!("corrupt entries        {}", get(stats::names::CORRUPT));
+    let farm = [
+        stats::names::REMOTE_COMPILED,
+        stats::names::REMOTE_WORKER_HIT,
+        stats::names::REMOTE_FALLBACK,
+        stats::names::REMOTE_INELIGIBLE,
+    ]
+    .map(get);
+    if farm.iter().any(|count| *count > 0) {
+        say!(
+            "remote compiles        {} ({} from worker caches), {} fell back to local, {} not eligible",
+            farm[0],
+            farm[1],
+            farm[2],
+            farm[3]
+        );
+    }
     for (tier, counters) in &remote {
         let count = |name: &str| counters.get(name).copied().unwrap_or(0);
         let latency = match (

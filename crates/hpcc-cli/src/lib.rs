@@ -12,6 +12,7 @@ pub mod find;
 pub mod hot;
 pub mod identity;
 pub mod includes;
+pub mod remote_compile;
 pub mod settings;
 pub mod stats;
 

@@ -135,6 +135,24 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
             daemon::client::Answer::Unavailable => {}
         }
     }
+    if settings
+        .config
+        .remote_compile
+        .as_ref()
+        .is_some_and(|farm| farm.paranoid)
+    {
+        // Paranoid: only workers touch the cache, so what the farm did not compile (it is
+        // down, or the compile does not qualify) runs here without one.
+        let status = Command::new(&compiler).args(&args).status();
+        count(&[(&uncacheable("paranoid_local"), 1)]);
+        return match status {
+            Ok(status) => exit_code(status.code().unwrap_or(1)),
+            Err(error) => {
+                eprintln!("hpcc: cannot run {}: {error}", compiler.display());
+                ExitCode::from(127)
+            }
+        };
+    }
     let store = match DiskStore::open(&settings.cache_dir, settings.disk_config()) {
         Ok(store) => store,
         Err(error) => {

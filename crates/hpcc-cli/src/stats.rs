@@ -27,6 +27,14 @@ pub mod names {
     pub const UNCACHEABLE: &str = "uncacheable";
     /// Prefix of `errors.<kind>` counters.
     pub const ERRORS: &str = "errors";
+    /// Misses compiled on the farm (`[remote_compile]`).
+    pub const REMOTE_COMPILED: &str = "remote_compiles";
+    /// Of those, served from a worker's cache.
+    pub const REMOTE_WORKER_HIT: &str = "remote_compile_worker_hits";
+    /// Misses the farm could not compile, compiled locally instead.
+    pub const REMOTE_FALLBACK: &str = "remote_compile_fallbacks";
+    /// Compiles that do not qualify for the farm, compiled locally.
+    pub const REMOTE_INELIGIBLE: &str = "remote_compile_ineligible";
 }
 
 /// The stats directory of a cache.

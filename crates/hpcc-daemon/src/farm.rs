@@ -151,6 +151,7 @@ fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
 }
 
 /// The farm client of one daemon.
+#[derive(Clone)]
 pub struct Farm {
     config: FarmConfig,
     scheduler: SchedulerClient<Channel>,

@@ -8,8 +8,10 @@
 //! for every compile, links no async runtime and no remote-store client.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod farm_service;
 mod remote;
 mod server;
+mod token;
 
 use std::process::ExitCode;
 

@@ -37,9 +37,11 @@ use hpcc_cli::cache::{self, Outcome};
 use hpcc_cli::caller::Caller;
 use hpcc_cli::daemon::{write_private, Connection, Endpoint, ReceiveError};
 use hpcc_cli::hot::HotFiles;
+use hpcc_cli::remote_compile::RemoteCompiler;
 use hpcc_cli::settings::Settings;
 use hpcc_cli::stats;
 
+use crate::farm_service::FarmService;
 use crate::remote::Remote;
 
 /// Connections served at once; more are refused (their wrappers compile by themselves).
@@ -107,6 +109,12 @@ pub fn run(settings: Settings) -> Result<()> {
         jobs => usize::try_from(jobs).unwrap_or(usize::MAX),
     };
     let remote = Remote::start(&settings.config.remote).context("opening the remote stores")?;
+    let farm = settings
+        .config
+        .remote_compile
+        .as_ref()
+        .map(FarmService::start)
+        .transpose()?;
     let (listener, endpoint_text, token) = bind(&endpoint, settings.config.daemon.transport)?;
     let daemon = Arc::new(Daemon {
         store,
@@ -116,6 +124,7 @@ pub fn run(settings: Settings) -> Result<()> {
         manifests: cache::ManifestCache::default(),
         hot: HotFiles::new(),
         remote,
+        farm,
         slots: Slots::new(max_jobs),
         flights: Mutex::new(HashMap::new()),
         counts: Mutex::new(BTreeMap::new()),
@@ -404,6 +413,8 @@ struct Daemon {
     hot: HotFiles,
     /// The remote tiers, when `[[remote]]` stores are configured.
     remote: Option<Remote>,
+    /// The farm, when `[remote_compile]` is configured.
+    farm: Option<FarmService>,
     slots: Slots,
     flights: Mutex<HashMap<Digest, Arc<Flight>>>,
     counts: Mutex<BTreeMap<String, u64>>,
@@ -452,6 +463,12 @@ impl Daemon {
         if let Some(remote) = &self.remote {
             for (name, value) in remote.drain_stats() {
                 self.count(&name, value);
+            }
+        }
+        if let Some(farm) = &self.farm {
+            let hits = farm.drain_worker_hits();
+            if hits > 0 {
+                self.count(stats::names::REMOTE_WORKER_HIT, hits);
             }
         }
         let counts = std::mem::take(&mut *lock(&self.counts));
@@ -678,26 +695,54 @@ impl Daemon {
             Classification::Compile(invocation) => invocation,
             Classification::NotCacheable(reason) => return not_served(reason.to_string()),
         };
+        let on_farm = FarmJob {
+            compiler: &compiler,
+            invocation: &invocation,
+            caller: &caller,
+        };
+        let farm_up = self.farm.as_ref().filter(|farm| farm.available());
+        let keying = farm_up.map(FarmService::keying);
+        let remote = {
+            let job = self
+                .new_job(&on_farm)
+                .remote_compile(keying.as_ref().map(|keying| keying as &dyn RemoteCompiler));
+            if self.farm.is_some() {
+                match job.remote_reason() {
+                    Some(reason) => {
+                        tracing::debug!("compiled here: {reason}");
+                        self.count(stats::names::REMOTE_INELIGIBLE, 1);
+                    }
+                    // Eligible, but the farm is in its cooldown after a failure.
+                    None if farm_up.is_none() => self.count(stats::names::REMOTE_FALLBACK, 1),
+                    None => {}
+                }
+            }
+            job.is_remote()
+        };
+        if self.farm.as_ref().is_some_and(FarmService::paranoid) {
+            // Nothing is looked up or stored here; the worker's cache serves repeats, and
+            // what the farm does not compile the wrapper compiles without a cache.
+            return if remote {
+                self.compile_on_farm(connection, &on_farm, None)
+            } else {
+                self.lease(connection, None)
+            };
+        }
         // At most a few rounds: a compile that finished without storing anything (its result
         // was uncacheable) leaves the next request to compile for itself.
         for _round in 0..3 {
-            let job = cache::Job::new(
-                &compiler,
-                &invocation,
-                &self.settings.config,
-                &self.settings.cache_dir,
-                &self.store,
-                &caller,
-            )
-            .lookup_only(Some(cache::Warm {
-                hot: &self.hot,
-                memory: &self.memory,
-                manifests: &self.manifests,
-                remote: self
-                    .remote
-                    .as_ref()
-                    .map(|remote| remote as &dyn cache::RemoteFallback),
-            }));
+            let job = self
+                .new_job(&on_farm)
+                .remote_compile(keying.as_ref().map(|keying| keying as &dyn RemoteCompiler))
+                .lookup_only(Some(cache::Warm {
+                    hot: &self.hot,
+                    memory: &self.memory,
+                    manifests: &self.manifests,
+                    remote: self
+                        .remote
+                        .as_ref()
+                        .map(|remote| remote as &dyn cache::RemoteFallback),
+                }));
             let served = match job.run() {
                 Ok(served) => served,
                 Err(error) => return not_served(format!("{error:#}")),
@@ -733,7 +778,11 @@ impl Daemon {
                 self.count(stats::names::CORRUPT, 1);
             }
             let Some(key) = key else {
-                return self.lease(connection, None);
+                return if remote {
+                    self.compile_on_farm(connection, &on_farm, None)
+                } else {
+                    self.lease(connection, None)
+                };
             };
             let (flight, leader) = {
                 let mut flights = lock(&self.flights);
@@ -750,7 +799,11 @@ impl Daemon {
                 }
             };
             if leader {
-                return self.lease(connection, Some((key, flight)));
+                return if remote {
+                    self.compile_on_farm(connection, &on_farm, Some((key, flight)))
+                } else {
+                    self.lease(connection, Some((key, flight)))
+                };
             }
             match self.wait_for(connection, &flight) {
                 None => return Served::Gone,
@@ -772,6 +825,120 @@ impl Daemon {
             }
         }
         self.lease(connection, None)
+    }
+
+    /// A job for `on_farm`'s invocation against this daemon's cache.
+    fn new_job<'a>(&'a self, on_farm: &FarmJob<'a>) -> cache::Job<'a> {
+        cache::Job::new(
+            on_farm.compiler,
+            on_farm.invocation,
+            &self.settings.config,
+            &self.settings.cache_dir,
+            &self.store,
+            on_farm.caller,
+        )
+    }
+
+    /// Compiles a miss on the farm and stores it here (unless paranoid); if the farm fails,
+    /// the wrapper is told to compile (`COMPILE_HERE`), so the build never fails because of
+    /// the farm.
+    fn compile_on_farm(
+        &self,
+        connection: &mut Connection,
+        on_farm: &FarmJob<'_>,
+        flight: Option<(Digest, Arc<Flight>)>,
+    ) -> Served {
+        let Some(farm) = &self.farm else {
+            return self.lease(connection, flight);
+        };
+        let served = {
+            let remote = farm.for_connection(connection);
+            let job = self.new_job(on_farm).remote_compile(Some(&remote));
+            job.run()
+        };
+        let key = flight.as_ref().map(|(key, _)| *key);
+        match served {
+            Ok(cache::Served {
+                outcome:
+                    Outcome::Miss {
+                        exit,
+                        not_stored,
+                        corrupt,
+                    },
+                printed,
+            }) => {
+                self.count(stats::names::MISS, 1);
+                self.count(stats::names::REMOTE_COMPILED, 1);
+                if corrupt {
+                    self.count(stats::names::CORRUPT, 1);
+                }
+                if let Some(reason) = &not_stored {
+                    self.count(
+                        &format!("{}.{}", stats::names::UNCACHEABLE, reason.as_str()),
+                        1,
+                    );
+                }
+                if exit != 0 {
+                    self.land(
+                        flight,
+                        Landing::Failed {
+                            exit,
+                            stdout: printed.stdout.clone(),
+                            stderr: printed.stderr.clone(),
+                        },
+                    );
+                } else {
+                    self.land(flight, Landing::Finished);
+                    if let (None, Some(key)) = (&not_stored, key) {
+                        self.preload(&key);
+                    }
+                }
+                Served::Reply(CompileReply {
+                    outcome: compile_reply::Outcome::RemoteCompiled.into(),
+                    exit_code: exit,
+                    stdout: printed.stdout,
+                    stderr: printed.stderr,
+                    detail: String::new(),
+                })
+            }
+            // Stored by someone else meanwhile.
+            Ok(cache::Served {
+                outcome: outcome @ (Outcome::DirectHit | Outcome::PreprocessorHit),
+                printed,
+            }) => {
+                self.land(flight, Landing::Finished);
+                let direct = matches!(outcome, Outcome::DirectHit);
+                self.count(
+                    if direct {
+                        stats::names::DIRECT_HIT
+                    } else {
+                        stats::names::PREPROCESSOR_HIT
+                    },
+                    1,
+                );
+                Served::Reply(CompileReply {
+                    outcome: if direct {
+                        compile_reply::Outcome::DirectHit
+                    } else {
+                        compile_reply::Outcome::PreprocessorHit
+                    }
+                    .into(),
+                    exit_code: 0,
+                    stdout: printed.stdout,
+                    stderr: printed.stderr,
+                    detail: String::new(),
+                })
+            }
+            Ok(cache::Served {
+                outcome: Outcome::NotFound { .. },
+                ..
+            }) => self.lease(connection, flight),
+            Err(error) => {
+                tracing::warn!("remote compile failed, compiling locally: {error:#}");
+                self.count(stats::names::REMOTE_FALLBACK, 1);
+                self.lease(connection, flight)
+            }
+        }
     }
 
     /// Waits for a flight to land, with heartbeats; `None` if the wrapper went away.
@@ -891,7 +1058,15 @@ impl Daemon {
     }
 }
 
-fn heartbeat(connection: &mut Connection) -> bool {
+/// The invocation a farm compile is for.
+struct FarmJob<'a> {
+    compiler: &'a std::path::Path,
+    invocation: &'a hpcc_core::args::CompileInvocation,
+    caller: &'a Caller,
+}
+
+/// Tells a waiting wrapper the daemon is alive; `false` if it went away.
+pub(crate) fn heartbeat(connection: &mut Connection) -> bool {
     connection
         .send(&reply_of(reply::Kind::Waiting(Waiting {})))
         .is_ok()

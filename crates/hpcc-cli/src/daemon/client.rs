@@ -215,10 +215,12 @@ pub fn request_compile(
             compile_reply::Outcome::DirectHit | compile_reply::Outcome::PreprocessorHit => {
                 Answer::Served { exit: 0, printed }
             }
-            compile_reply::Outcome::SharedFailure => Answer::Served {
-                exit: compile.exit_code,
-                printed,
-            },
+            compile_reply::Outcome::SharedFailure | compile_reply::Outcome::RemoteCompiled => {
+                Answer::Served {
+                    exit: compile.exit_code,
+                    printed,
+                }
+            }
             compile_reply::Outcome::CompileHere => {
                 // The compile itself may take long: no timeout while it runs.
                 let _ = connection.set_read_timeout(Some(Duration::from_secs(30)));

@@ -42,16 +42,16 @@ struct WorkerHandle {
 }
 
 /// Scheduler, two workers, tenants A and B with their IdPs.
-struct Farmland {
+pub(crate) struct Farmland {
     runtime: tokio::runtime::Runtime,
     idp_a: Idp,
     idp_b: Idp,
     key: RoutingKey,
     /// Kept so that the servers' state lives as long as the test.
     _scheduler: Arc<Scheduler>,
-    scheduler_url: String,
+    pub(crate) scheduler_url: String,
     workers: Vec<WorkerHandle>,
-    image: String,
+    pub(crate) image: String,
     _dirs: Vec<tempfile::TempDir>,
     _scheduler_shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -61,7 +61,7 @@ fn text(error: impl std::fmt::Display) -> String {
 }
 
 impl Farmland {
-    fn new() -> Result<Farmland, String> {
+    pub(crate) fn new() -> Result<Farmland, String> {
         let runtime = tokio::runtime::Runtime::new().map_err(text)?;
         let (layout, expected_digest) = crate::image::layout()?;
         let store_dir = layout.with_file_name("e2e-image-store");
@@ -231,7 +231,7 @@ impl Farmland {
         .map_err(text)
     }
 
-    fn token_a(&self) -> String {
+    pub(crate) fn token_a(&self) -> String {
         user_token(&self.idp_a, &self.idp_a.issuer(), now() + 600)
     }
 
@@ -249,7 +249,7 @@ impl Farmland {
         Ok(())
     }
 
-    fn audit_rows(&self, worker: usize) -> Result<Vec<AuditRow>, String> {
+    pub(crate) fn audit_rows(&self, worker: usize) -> Result<Vec<AuditRow>, String> {
         let text = std::fs::read_to_string(&self.workers[worker].audit).unwrap_or_default();
         text.lines()
             .map(|line| AuditRow::parse(line).map_err(|e| e.to_string()))

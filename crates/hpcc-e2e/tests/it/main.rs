@@ -6,10 +6,14 @@
 //! - `farm`: scheduler, two workers with the sandbox runtime, and the daemon's farm client:
 //!   outputs identical to local compiles and across workers, refusals without audit rows,
 //!   many concurrent compiles.
+//! - `client`: the real `hpcc` wrapper and `hpccd` with `[remote_compile]` against that farm:
+//!   misses compiled remotely then hit locally, path-free objects across checkouts, fallback
+//!   when the farm is down, paranoid mode.
 //!
 //! A test whose prerequisite is missing (root, debootstrap) prints `skipped: <name>: <reason>`
 //! and is reported as ignored, never as passed.
 
+mod client;
 mod farm;
 mod idp;
 mod image;
@@ -54,6 +58,7 @@ fn main() {
     let mut cases: Vec<Case> = Vec::new();
     cases.extend(scheduler::cases());
     cases.extend(farm::cases());
+    cases.extend(client::cases());
     let trials = cases
         .into_iter()
         .map(|(name, needs, body)| {

@@ -1,0 +1,481 @@
+//! The real `hpcc` wrapper and `hpccd` daemon with `[remote_compile]`: misses compiled on the
+//! farm (scheduler and two sandbox workers), then served from the local cache; the same
+//! project at another path compiled to the same objects; a dead farm falling back to local
+//! compiles; paranoid mode keeping no cache on the client.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use crate::farm::Farmland;
+use crate::scheduler::now;
+use crate::{Case, Need, TestResult};
+
+fn text(error: impl std::fmt::Display) -> String {
+    error.to_string()
+}
+
+/// `hpcc` and `hpccd`, built into this test's target directory on first use (cargo builds
+/// no other package's binaries for these tests).
+pub fn client_binaries() -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().map_err(text)?;
+            // target/<profile>/deps/it-<hash>
+            let profile = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or("the test binary is not in target/<profile>/deps")?;
+            let target = profile.parent().ok_or("no target directory")?;
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = Command::new(cargo);
+            build
+                .current_dir(&workspace)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "hpcc-cli",
+                    "-p",
+                    "hpcc-daemon",
+                    "--bins",
+                ])
+                .env("CARGO_TARGET_DIR", target);
+            if profile.file_name() == Some(std::ffi::OsStr::new("release")) {
+                build.arg("--release");
+            }
+            let output = build.output().map_err(text)?;
+            if !output.status.success() {
+                return Err(format!(
+                    "building hpcc and hpccd: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                ));
+            }
+            Ok(profile.to_path_buf())
+        })
+        .clone()
+}
+
+/// One user's machine: a cache directory, a state directory with a token, and the farm.
+struct Client {
+    bin: PathBuf,
+    home: tempfile::TempDir,
+    remote_compile: String,
+}
+
+impl Client {
+    fn new(
+        scheduler: &str,
+        image: &str,
+        token: Option<&str>,
+        paranoid: bool,
+    ) -> Result<Client, String> {
+        let home = tempfile::Builder::new()
+            .prefix("hpcc-e2e-client-")
+            .tempdir()
+            .map_err(text)?;
+        if let Some(token) = token {
+            let dir = home.path().join("state/hpcc/tokens");
+            std::fs::create_dir_all(&dir).map_err(text)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(text)?;
+            let file = dir.join("a.json");
+            let body = serde_json::json!({
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_at": now() + 600,
+                "tenant": "a",
+            });
+            std::fs::write(&file, body.to_string()).map_err(text)?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(text)?;
+        }
+        let client = Client {
+            bin: client_binaries()?,
+            home,
+            remote_compile: format!(
+                "{{tenant_id = \"a\", scheduler = \"{scheduler}\", insecure_plaintext = true, \
+                 image = \"{image}\", timeout_secs = 120, paranoid = {paranoid}}}"
+            ),
+        };
+        // Started first: a wrapper that autostarts the daemon compiles its own file itself.
+        let started = client.command("hpcc").arg("start").output().map_err(text)?;
+        ok(&started, "hpcc start")?;
+        Ok(client)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin.join(program));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("XDG_STATE_HOME", self.home.path().join("state"))
+            .env("XDG_RUNTIME_DIR", self.home.path().join("run"))
+            .env("HPCC_CACHE_DIR", self.home.path().join("cache"))
+            .env("HPCC_REMOTE_COMPILE", &self.remote_compile)
+            .env("HPCC_DAEMON_IDLE_TIMEOUT", "120");
+        command
+    }
+
+    /// `hpcc gcc <args>` in `dir`.
+    fn gcc(&self, dir: &Path, args: &[&str]) -> Result<Output, String> {
+        self.command("hpcc")
+            .current_dir(dir)
+            .arg("gcc")
+            .args(args)
+            .output()
+            .map_err(text)
+    }
+
+    fn stats(&self) -> Result<serde_json::Value, String> {
+        let output = self
+            .command("hpcc")
+            .args(["stats", "--json"])
+            .output()
+            .map_err(text)?;
+        serde_json::from_slice(&output.stdout).map_err(|error| {
+            format!(
+                "hpcc stats --json: {error}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    }
+
+    fn cache_entries(&self) -> Result<u64, String> {
+        Ok(self.stats()?["cache_entries"].as_u64().unwrap_or(0))
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.command("hpcc").arg("stop").output();
+    }
+}
+
+fn ok(output: &Output, what: &str) -> TestResult {
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// A project with a `.hpcc` root marker: `count` sources, a header, a `main.c`.
+fn project(parent: &Path, count: usize) -> Result<PathBuf, String> {
+    let root = parent.join("project");
+    std::fs::create_dir_all(root.join("include")).map_err(text)?;
+    std::fs::create_dir_all(root.join("src")).map_err(text)?;
+    std::fs::write(root.join(".hpcc"), "").map_err(text)?;
+    std::fs::write(
+        root.join("include/common.h"),
+        "#include <stdio.h>\nstatic inline int twice(int v) { return 2 * v; }\n",
+    )
+    .map_err(text)?;
+    let mut main = String::from("#include \"common.h\"\n");
+    for index in 0..count {
+        main.push_str(&format!("int f{index}(int);\n"));
+        std::fs::write(
+            root.join(format!("src/f{index}.c")),
+            format!(
+                "#include \"common.h\"\nint f{index}(int v) {{ const char *at = __FILE__; (void)at; return twice(v) + {index}; }}\n"
+            ),
+        )
+        .map_err(text)?;
+    }
+    main.push_str("int main(void) { int sum = 0;\n");
+    for index in 0..count {
+        main.push_str(&format!("  sum += f{index}(1);\n"));
+    }
+    main.push_str("  printf(\"%d\\n\", sum); return 0; }\n");
+    std::fs::write(root.join("src/main.c"), main).map_err(text)?;
+    Ok(root)
+}
+
+const FLAGS: &[&str] = &["-O2", "-g", "-Wall", "-Iinclude"];
+
+/// Compiles every source of `root` with `hpcc gcc -c`, one with `-MD`.
+fn build(client: &Client, root: &Path, count: usize) -> TestResult {
+    let mut names: Vec<String> = (0..count).map(|index| format!("f{index}")).collect();
+    names.push("main".into());
+    for name in &names {
+        let source = format!("src/{name}.c");
+        let object = format!("{name}.o");
+        let mut args: Vec<&str> = FLAGS.to_vec();
+        if name == "f0" {
+            args.push("-MD");
+        }
+        args.extend(["-c", source.as_str(), "-o", object.as_str()]);
+        ok(&client.gcc(root, &args)?, &format!("hpcc gcc {args:?}"))?;
+    }
+    Ok(())
+}
+
+fn link_and_run(root: &Path, count: usize) -> TestResult {
+    let mut objects: Vec<String> = (0..count).map(|index| format!("f{index}.o")).collect();
+    objects.push("main.o".into());
+    let linked = Command::new("gcc")
+        .current_dir(root)
+        .args(&objects)
+        .args(["-o", "prog"])
+        .output()
+        .map_err(text)?;
+    ok(&linked, "linking")?;
+    let run = Command::new(root.join("prog")).output().map_err(text)?;
+    ok(&run, "running the program")?;
+    let expected: usize = (0..count).map(|index| 2 + index).sum();
+    let printed = String::from_utf8_lossy(&run.stdout).trim().to_owned();
+    if printed != expected.to_string() {
+        return Err(format!(
+            "the program printed {printed}, expected {expected}"
+        ));
+    }
+    Ok(())
+}
+
+fn all_rows(land: &Farmland) -> Result<Vec<hpcc_worker::audit::AuditRow>, String> {
+    let mut rows = land.audit_rows(0)?;
+    rows.extend(land.audit_rows(1)?);
+    Ok(rows)
+}
+
+fn audit_count(land: &Farmland) -> Result<usize, String> {
+    Ok(all_rows(land)?.len())
+}
+
+fn wrapper_compiles_misses_on_the_farm() -> TestResult {
+    const COUNT: usize = 6;
+    let land = Farmland::new()?;
+    let token = land.token_a();
+    let client = Client::new(&land.scheduler_url, &land.image, Some(&token), false)?;
+    let first = tempfile::tempdir().map_err(text)?;
+    let root = project(first.path(), COUNT)?;
+    build(&client, &root, COUNT)?;
+    let stats = client.stats()?;
+    let compiled = stats["remote_compile"]["compiled"].as_u64().unwrap_or(0);
+    if compiled != COUNT as u64 + 1 {
+        return Err(format!(
+            "{compiled} remote compiles, expected {}: {stats}",
+            COUNT + 1
+        ));
+    }
+    let rows = audit_count(&land)?;
+    if rows != COUNT + 1 {
+        return Err(format!("{rows} audit rows, expected {}", COUNT + 1));
+    }
+    link_and_run(&root, COUNT)?;
+    // The dependency file is the one a local compile writes.
+    let deps = std::fs::read_to_string(root.join("f0.d")).map_err(text)?;
+    if !deps.starts_with("f0.o:") || !deps.contains("include/common.h") {
+        return Err(format!("f0.d is not a dependency file for f0.o: {deps}"));
+    }
+    // No host path in an object.
+    let object = std::fs::read(root.join("f1.o")).map_err(text)?;
+    let root_text = root.display().to_string();
+    if object
+        .windows(root_text.len())
+        .any(|window| window == root_text.as_bytes())
+    {
+        return Err(format!("f1.o names the project root {root_text}"));
+    }
+
+    // A rebuild: all local hits, nothing sent.
+    for index in 0..COUNT {
+        std::fs::remove_file(root.join(format!("f{index}.o"))).map_err(text)?;
+    }
+    build(&client, &root, COUNT)?;
+    let stats = client.stats()?;
+    let direct = stats["hits"]["direct"].as_u64().unwrap_or(0);
+    if direct != COUNT as u64 + 1 {
+        return Err(format!("{direct} direct hits on the rebuild: {stats}"));
+    }
+    if audit_count(&land)? != rows {
+        return Err("the rebuild reached a worker".into());
+    }
+    link_and_run(&root, COUNT)?;
+
+    // Another checkout at another path and another cache: the worker's cache answers (the
+    // rewritten sources are the same), and the objects are byte-identical.
+    let other_client = Client::new(&land.scheduler_url, &land.image, Some(&token), false)?;
+    let second = tempfile::tempdir().map_err(text)?;
+    let other_root = project(&second.path().join("elsewhere"), COUNT)?;
+    build(&other_client, &other_root, COUNT)?;
+    let rows_before: std::collections::HashMap<String, String> = all_rows(&land)?
+        .into_iter()
+        .map(|row| (row.source_digest, row.output_digest))
+        .collect();
+    let stats = other_client.stats()?;
+    let compiled = stats["remote_compile"]["compiled"].as_u64().unwrap_or(0);
+    if compiled != COUNT as u64 + 1 {
+        return Err(format!(
+            "second checkout: {compiled} remote compiles: {stats}"
+        ));
+    }
+    // Each worker caches its own jobs: a source routed to the other worker is compiled again,
+    // from the same (path-free) source, to the same object.
+    for row in all_rows(&land)? {
+        match rows_before.get(&row.source_digest) {
+            Some(output) if *output == row.output_digest => {}
+            Some(output) => {
+                return Err(format!(
+                    "source {} compiled to {output} and to {}",
+                    row.source_digest, row.output_digest
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "the second checkout sent a source the first did not: {}",
+                    row.source_digest
+                ))
+            }
+        }
+    }
+    for index in 0..COUNT {
+        let name = format!("f{index}.o");
+        if std::fs::read(root.join(&name)).map_err(text)?
+            != std::fs::read(other_root.join(&name)).map_err(text)?
+        {
+            return Err(format!("{name} differs between the two checkouts"));
+        }
+    }
+
+    // Diagnostics name the local files; a failing compile fails with the compiler's message.
+    std::fs::write(
+        root.join("src/bad.c"),
+        "int bad(void) { return missing; }\n",
+    )
+    .map_err(text)?;
+    let failed = client.gcc(&root, &["-c", "src/bad.c", "-o", "bad.o"])?;
+    let stderr = String::from_utf8_lossy(&failed.stderr).into_owned();
+    if failed.status.success() || !stderr.contains("'missing' undeclared") {
+        return Err(format!("a failing compile: {}: {stderr}", failed.status));
+    }
+    // Word for word what the compiler says here (it names the file as given), in the
+    // worker's pinned C locale; a worker cannot quote source lines (it has no sources, only
+    // the preprocessed text), so the local run is asked not to either.
+    let local = Command::new("gcc")
+        .current_dir(&root)
+        .env("LC_ALL", "C")
+        .args([
+            "-fno-diagnostics-show-caret",
+            "-c",
+            "src/bad.c",
+            "-o",
+            "bad.o",
+        ])
+        .output()
+        .map_err(text)?;
+    if local.stderr != failed.stderr || local.status.code() != failed.status.code() {
+        return Err(format!(
+            "remote diagnostics differ from local ones:\n{stderr}\nlocal:\n{}",
+            String::from_utf8_lossy(&local.stderr)
+        ));
+    }
+    Ok(())
+}
+
+fn dead_farm_falls_back_to_local() -> TestResult {
+    // A port nothing listens on, and (second client) no token at all.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").map_err(text)?;
+    let address = closed.local_addr().map_err(text)?;
+    drop(closed);
+    let image = format!("sha256:{}", "0".repeat(64));
+    for (token, what) in [(Some("not-a-jwt"), "scheduler down"), (None, "no token")] {
+        let client = Client::new(&format!("http://{address}"), &image, token, false)?;
+        let dir = tempfile::tempdir().map_err(text)?;
+        let root = project(dir.path(), 2)?;
+        build(&client, &root, 2)?;
+        link_and_run(&root, 2)?;
+        let stats = client.stats()?;
+        let fallbacks = stats["remote_compile"]["fallbacks"].as_u64().unwrap_or(0);
+        if fallbacks != 3 {
+            return Err(format!(
+                "{what}: {fallbacks} fallbacks, expected 3: {stats}"
+            ));
+        }
+        // The local compiles were cached (under the local compiler's key) and hit next time.
+        std::fs::remove_file(root.join("f1.o")).map_err(text)?;
+        build(&client, &root, 2)?;
+        let direct = client.stats()?["hits"]["direct"].as_u64().unwrap_or(0);
+        if direct != 3 {
+            return Err(format!("{what}: {direct} local hits after fallbacks"));
+        }
+    }
+    Ok(())
+}
+
+fn paranoid_client_keeps_no_cache() -> TestResult {
+    let land = Farmland::new()?;
+    let client = Client::new(
+        &land.scheduler_url,
+        &land.image,
+        Some(&land.token_a()),
+        true,
+    )?;
+    let dir = tempfile::tempdir().map_err(text)?;
+    let root = project(dir.path(), 2)?;
+    build(&client, &root, 2)?;
+    build(&client, &root, 2)?;
+    link_and_run(&root, 2)?;
+    let entries = client.cache_entries()?;
+    if entries != 0 {
+        return Err(format!("a paranoid client's cache holds {entries} entries"));
+    }
+    let rows = all_rows(&land)?;
+    if rows.len() != 6 {
+        return Err(format!(
+            "{} audit rows, expected 6 (every compile on a worker)",
+            rows.len()
+        ));
+    }
+    let sources: std::collections::HashSet<_> = rows.iter().map(|row| &row.source_digest).collect();
+    if sources.len() != 3 {
+        return Err(format!(
+            "{} distinct sources in 6 jobs, expected 3",
+            sources.len()
+        ));
+    }
+    // Paranoid mode with a store of its own is refused, naming the key.
+    let refused = client
+        .command("hpcc")
+        .env(
+            "HPCC_REMOTE",
+            "[{type = \"redis\", endpoint = \"redis://127.0.0.1:1\"}]",
+        )
+        .args(["stats"])
+        .output()
+        .map_err(text)?;
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    if refused.status.success() || !stderr.contains("paranoid") {
+        return Err(format!(
+            "paranoid with [[remote]] was not refused: {stderr}"
+        ));
+    }
+    Ok(())
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        (
+            "client::wrapper_compiles_misses_on_the_farm",
+            &[Need::Sandbox],
+            wrapper_compiles_misses_on_the_farm,
+        ),
+        (
+            "client::dead_farm_falls_back_to_local",
+            &[],
+            dead_farm_falls_back_to_local,
+        ),
+        (
+            "client::paranoid_client_keeps_no_cache",
+            &[Need::Sandbox],
+            paranoid_client_keeps_no_cache,
+        ),
+    ]
+}
