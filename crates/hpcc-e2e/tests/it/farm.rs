@@ -471,7 +471,20 @@ fn send_direct(
     flags: Vec<String>,
 ) -> Result<(), tonic::Status> {
     let source = b"int f(void) { return 1; }\n".to_vec();
-    let header = CompileHeader {
+    let digest = Digest::of(&source);
+    let header = header(routing_token, tenant, image, flags, &source, &digest);
+    send_header_and_source(land, address, header, source)
+}
+
+fn header(
+    routing_token: String,
+    tenant: &str,
+    image: &str,
+    flags: Vec<String>,
+    source: &[u8],
+    claimed: &Digest,
+) -> CompileHeader {
+    CompileHeader {
         routing_token,
         tenant_id: tenant.into(),
         image_digest: image.into(),
@@ -479,10 +492,19 @@ fn send_direct(
         compiler: "gcc".into(),
         args: flags,
         language: "cpp-output".into(),
-        source_digest: Digest::of(&source).0.to_vec(),
+        source_digest: claimed.0.to_vec(),
         source_len: source.len() as u64,
         extra_outputs: Vec::new(),
-    };
+    }
+}
+
+/// Sends one compile as a hand-written client would, reading the answer to its end.
+fn send_header_and_source(
+    land: &Farmland,
+    address: &str,
+    header: CompileHeader,
+    source: Vec<u8>,
+) -> Result<(), tonic::Status> {
     let messages = vec![
         CompileRequest {
             kind: Some(RequestKind::Header(header)),
@@ -629,6 +651,47 @@ fn bad_routing_tokens_are_refused_without_audit() -> TestResult {
     Ok(())
 }
 
+/// A client holds no store credentials and the worker protocol has no write: the one way to
+/// put something in a worker's cache would be a source that is not what its header says.
+fn clients_cannot_plant_worker_cache_entries() -> TestResult {
+    let land = Farmland::new()?;
+    let w1 = &land.workers[0];
+    let image = land.image.clone();
+    let now = now();
+    let token = land
+        .key
+        .sign(&claims(&w1.id, "a", &image, now, now + 60))
+        .map_err(text)?;
+    let honest = b"int answer(void) { return 42; }\n".to_vec();
+    let planted = b"int answer(void) { return 666; }\n".to_vec();
+    let forged = header(token, "a", &image, vec![], &planted, &Digest::of(&honest));
+    refused(
+        send_header_and_source(&land, &w1.address, forged, planted),
+        "digest",
+        "a source sent under another source's digest",
+    )?;
+    if !land.audit_rows(0)?.is_empty() {
+        return Err("the refused plant left an audit row".into());
+    }
+    // The honest source, on the same worker, is compiled: nothing was waiting for it.
+    land.fill("w2")?;
+    let outcome = land
+        .runtime
+        .block_on(
+            land.farm("a")?
+                .compile(request(honest, &[]), &land.token_a()),
+        )
+        .map_err(text)?;
+    succeeded(&outcome, "the honest compile")?;
+    if outcome.worker != w1.id || outcome.cache_hit {
+        return Err(format!(
+            "the honest compile ran on {} (cache hit: {})",
+            outcome.worker, outcome.cache_hit
+        ));
+    }
+    Ok(())
+}
+
 fn many_concurrent_remote_compiles() -> TestResult {
     let land = Farmland::new()?;
     let (_dir, sources) = project(5)?;
@@ -694,6 +757,11 @@ pub fn cases() -> Vec<Case> {
             "farm::remote_compiles_match_local_and_across_workers",
             SANDBOX,
             remote_compiles_match_local_and_across_workers,
+        ),
+        (
+            "farm::clients_cannot_plant_worker_cache_entries",
+            SANDBOX,
+            clients_cannot_plant_worker_cache_entries,
         ),
         (
             "farm::bad_routing_tokens_are_refused_without_audit",
