@@ -16,7 +16,7 @@ fn text(error: impl std::fmt::Display) -> String {
     error.to_string()
 }
 
-/// `hpcc` and `hpccd`, built into this test's target directory on first use (cargo builds
+/// `hpcc`, `hpccd` and `hpcc-worker`, built into this test's target directory on first use (cargo builds
 /// no other package's binaries for these tests).
 pub fn client_binaries() -> Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -460,6 +460,187 @@ fn paranoid_client_keeps_no_cache() -> TestResult {
     Ok(())
 }
 
+/// An `hpcc-worker` process registered with `land`'s scheduler.
+struct WorkerProcess {
+    child: std::process::Child,
+    audit: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl WorkerProcess {
+    fn start(land: &Farmland, id: &str) -> Result<WorkerProcess, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("hpcc-e2e-worker-")
+            .tempdir()
+            .map_err(text)?;
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, crate::scheduler::SECRET).map_err(text)?;
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(text)?;
+            probe.local_addr().map_err(text)?.port()
+        };
+        let (layout, _) = crate::image::layout()?;
+        let config = format!(
+            "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ninsecure_plaintext = true\n\
+             scheduler = \"{}\"\nworker_secret_file = {:?}\nrouting_public_key = \"{}\"\n\
+             capacity = 2\nstate_dir = {:?}\nagent = {:?}\nimages = [{:?}]\n",
+            land.scheduler_url,
+            secret.display().to_string(),
+            land.key.public_base64(),
+            dir.path().join("state").display().to_string(),
+            hpcc_runtime::testing::agent_binary()?.display().to_string(),
+            layout.display().to_string(),
+        );
+        let config_path = dir.path().join("worker.toml");
+        std::fs::write(&config_path, config).map_err(text)?;
+        let child = Command::new(client_binaries()?.join("hpcc-worker"))
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("worker.log")).map_err(text)?)
+            .spawn()
+            .map_err(text)?;
+        let worker = WorkerProcess {
+            child,
+            audit: dir.path().join("state/audit.tsv"),
+            _dir: dir,
+        };
+        // Registered and able to compile: one compile through the farm succeeds.
+        let farm = land.farm("a")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let probe = crate::farm::request(b"int probe;\n".to_vec(), &[]);
+            match land.runtime.block_on(farm.compile(probe, &land.token_a())) {
+                Ok(outcome) if outcome.exit_code == 0 => return Ok(worker),
+                _ if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(200))
+                }
+                other => return Err(format!("the worker process never served: {other:?}")),
+            }
+        }
+    }
+
+    fn audit_rows(&self) -> usize {
+        std::fs::read_to_string(&self.audit)
+            .map(|text| text.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn worker_killed_mid_build() -> TestResult {
+    const COUNT: usize = 24;
+    let land = Farmland::with_workers(0)?;
+    let mut worker = WorkerProcess::start(&land, "wk")?;
+    let client = Client::new(
+        &land.scheduler_url,
+        &land.image,
+        Some(&land.token_a()),
+        false,
+    )?;
+    let dir = tempfile::tempdir().map_err(text)?;
+    let root = project(dir.path(), COUNT)?;
+    let baseline = worker.audit_rows();
+    // Four compiles at a time, as `make -j4` would; the worker dies after a few.
+    let names: Vec<String> = (0..COUNT)
+        .map(|index| format!("f{index}"))
+        .chain(["main".to_owned()])
+        .collect();
+    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .chunks(names.len().div_ceil(4))
+            .map(|chunk| {
+                let (client, root) = (&client, &root);
+                scope.spawn(move || -> Result<(), String> {
+                    for name in chunk {
+                        let source = format!("src/{name}.c");
+                        let object = format!("{name}.o");
+                        let mut args: Vec<&str> = FLAGS.to_vec();
+                        args.extend(["-c", source.as_str(), "-o", object.as_str()]);
+                        ok(&client.gcc(root, &args)?, &format!("hpcc gcc -c {source}"))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while worker.audit_rows() < baseline + 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = worker.child.kill();
+        let _ = worker.child.wait();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err("a build thread panicked".into()))
+            })
+            .collect()
+    });
+    for result in results {
+        result?;
+    }
+    link_and_run(&root, COUNT)?;
+    let stats = client.stats()?;
+    let compiled = stats["remote_compile"]["compiled"].as_u64().unwrap_or(0);
+    let fallbacks = stats["remote_compile"]["fallbacks"].as_u64().unwrap_or(0);
+    if compiled < 3 || fallbacks == 0 || compiled + fallbacks != COUNT as u64 + 1 {
+        return Err(format!(
+            "{compiled} remote and {fallbacks} fallback compiles of {}: {stats}",
+            COUNT + 1
+        ));
+    }
+    // Nothing wrong was cached. With a healthy farm again (a new worker; the daemon
+    // restarted, so out of its cooldown), a clean rebuild takes what the first build cached
+    // and compiles the rest remotely; a fresh client compiles everything on the new worker.
+    // Remote compiles are deterministic, so the two must agree object for object.
+    let _worker = WorkerProcess::start(&land, "wk2")?;
+    ok(
+        &client.command("hpcc").arg("stop").output().map_err(text)?,
+        "hpcc stop",
+    )?;
+    ok(
+        &client.command("hpcc").arg("start").output().map_err(text)?,
+        "hpcc start",
+    )?;
+    let clean = |root: &Path| -> TestResult {
+        for name in &names {
+            std::fs::remove_file(root.join(format!("{name}.o"))).map_err(text)?;
+        }
+        Ok(())
+    };
+    clean(&root)?;
+    build(&client, &root, COUNT)?;
+    link_and_run(&root, COUNT)?;
+    let fresh = Client::new(
+        &land.scheduler_url,
+        &land.image,
+        Some(&land.token_a()),
+        false,
+    )?;
+    let other = tempfile::tempdir().map_err(text)?;
+    let fresh_root = project(other.path(), COUNT)?;
+    build(&fresh, &fresh_root, COUNT)?;
+    for name in &names {
+        let object = format!("{name}.o");
+        if std::fs::read(root.join(&object)).map_err(text)?
+            != std::fs::read(fresh_root.join(&object)).map_err(text)?
+        {
+            return Err(format!(
+                "{object} from the cache differs from a fresh remote compile"
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         (
@@ -471,6 +652,11 @@ pub fn cases() -> Vec<Case> {
             "client::dead_farm_falls_back_to_local",
             &[],
             dead_farm_falls_back_to_local,
+        ),
+        (
+            "client::worker_killed_mid_build",
+            &[Need::Sandbox],
+            worker_killed_mid_build,
         ),
         (
             "client::paranoid_client_keeps_no_cache",

@@ -43,10 +43,10 @@ struct WorkerHandle {
 
 /// Scheduler, two workers, tenants A and B with their IdPs.
 pub(crate) struct Farmland {
-    runtime: tokio::runtime::Runtime,
+    pub(crate) runtime: tokio::runtime::Runtime,
     idp_a: Idp,
     idp_b: Idp,
-    key: RoutingKey,
+    pub(crate) key: RoutingKey,
     /// Kept so that the servers' state lives as long as the test.
     _scheduler: Arc<Scheduler>,
     pub(crate) scheduler_url: String,
@@ -62,6 +62,11 @@ fn text(error: impl std::fmt::Display) -> String {
 
 impl Farmland {
     pub(crate) fn new() -> Result<Farmland, String> {
+        Farmland::with_workers(2)
+    }
+
+    /// A scheduler with `count` in-process workers (`w1`, `w2`; at most two).
+    pub(crate) fn with_workers(count: usize) -> Result<Farmland, String> {
         let runtime = tokio::runtime::Runtime::new().map_err(text)?;
         let (layout, expected_digest) = crate::image::layout()?;
         let store_dir = layout.with_file_name("e2e-image-store");
@@ -104,7 +109,7 @@ impl Farmland {
             );
             Ok::<_, String>(format!("http://{address}"))
         })?;
-        for id in ["w1", "w2"] {
+        for id in ["w1", "w2"].into_iter().take(count) {
             let dir = tempfile::Builder::new()
                 .prefix("hpcc-e2e-")
                 .tempdir()
@@ -216,7 +221,7 @@ impl Farmland {
         })
     }
 
-    fn farm(&self, tenant: &str) -> Result<Farm, String> {
+    pub(crate) fn farm(&self, tenant: &str) -> Result<Farm, String> {
         // The client connects lazily, which needs the runtime's reactor.
         let _entered = self.runtime.enter();
         Farm::new(FarmConfig {
@@ -348,7 +353,7 @@ fn same_gcc() -> Result<bool, String> {
     Ok(host.is_some() && host == inside)
 }
 
-fn request(source: Vec<u8>, flags: &[String]) -> RemoteRequest {
+pub(crate) fn request(source: Vec<u8>, flags: &[String]) -> RemoteRequest {
     RemoteRequest {
         compiler: "gcc".into(),
         language: "cpp-output".into(),
