@@ -86,6 +86,17 @@ fn run(config_path: &Path) -> Result<()> {
         eprintln!("hpcc-worker: image {digest} from {}", image.display());
         imported.push(digest.to_string());
     }
+    let tokio_runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    for reference in &config.pull {
+        let digest = tokio_runtime
+            .block_on(store.pull(reference, &hpcc_image::PullOptions::default()))
+            .with_context(|| format!("pulling image {reference}"))?;
+        eprintln!("hpcc-worker: image {digest} pulled from {reference}");
+        imported.push(digest.to_string());
+    }
     let mut sandbox = SandboxConfig::new(config.agent.clone());
     sandbox.state_dir = config.state_dir.join("s");
     let runtime = SandboxRuntime::new(sandbox).context("the sandbox runtime")?;
@@ -111,11 +122,7 @@ fn run(config_path: &Path) -> Result<()> {
         cache,
         audit,
     ));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(serve(config, worker, secret.trim().to_owned(), imported))
+    tokio_runtime.block_on(serve(config, worker, secret.trim().to_owned(), imported))
 }
 
 async fn scheduler_channel(config: &WorkerConfig) -> Result<Channel> {

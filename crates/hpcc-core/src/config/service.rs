@@ -176,6 +176,11 @@ pub struct WorkerConfig {
     /// tarballs, imported at start.
     #[serde(default)]
     pub images: Vec<PathBuf>,
+    /// Images pulled from an OCI registry at start, by digest
+    /// (`registry/repository@sha256:<hex>`); every blob is verified against its digest.
+    /// Loopback registries are spoken to over plain HTTP, others over HTTPS.
+    #[serde(default)]
+    pub pull: Vec<String>,
     /// Seconds a session may sit idle before it is stopped.
     #[serde(default = "default_idle_ttl")]
     pub session_idle_secs: u64,

@@ -461,14 +461,25 @@ fn paranoid_client_keeps_no_cache() -> TestResult {
 }
 
 /// An `hpcc-worker` process registered with `land`'s scheduler.
-struct WorkerProcess {
+pub(crate) struct WorkerProcess {
     child: std::process::Child,
     audit: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl WorkerProcess {
-    fn start(land: &Farmland, id: &str) -> Result<WorkerProcess, String> {
+    pub(crate) fn start(land: &Farmland, id: &str) -> Result<WorkerProcess, String> {
+        let (layout, _) = crate::image::layout()?;
+        let images = format!("images = [{:?}]\n", layout.display().to_string());
+        WorkerProcess::start_with(land, id, &images)
+    }
+
+    /// Starts a worker whose config ends with `images` (its `images` or `pull` lines).
+    pub(crate) fn start_with(
+        land: &Farmland,
+        id: &str,
+        images: &str,
+    ) -> Result<WorkerProcess, String> {
         let dir = tempfile::Builder::new()
             .prefix("hpcc-e2e-worker-")
             .tempdir()
@@ -479,17 +490,15 @@ impl WorkerProcess {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(text)?;
             probe.local_addr().map_err(text)?.port()
         };
-        let (layout, _) = crate::image::layout()?;
         let config = format!(
             "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ninsecure_plaintext = true\n\
              scheduler = \"{}\"\nworker_secret_file = {:?}\nrouting_public_key = \"{}\"\n\
-             capacity = 2\nstate_dir = {:?}\nagent = {:?}\nimages = [{:?}]\n",
+             capacity = 2\nstate_dir = {:?}\nagent = {:?}\n{images}",
             land.scheduler_url,
             secret.display().to_string(),
             land.key.public_base64(),
             dir.path().join("state").display().to_string(),
             hpcc_runtime::testing::agent_binary()?.display().to_string(),
-            layout.display().to_string(),
         );
         let config_path = dir.path().join("worker.toml");
         std::fs::write(&config_path, config).map_err(text)?;
@@ -515,7 +524,13 @@ impl WorkerProcess {
                 _ if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(200))
                 }
-                other => return Err(format!("the worker process never served: {other:?}")),
+                other => {
+                    return Err(format!(
+                        "the worker process never served: {other:?}\n{}",
+                        std::fs::read_to_string(worker._dir.path().join("worker.log"))
+                            .unwrap_or_default()
+                    ))
+                }
             }
         }
     }
@@ -641,6 +656,104 @@ fn worker_killed_mid_build() -> TestResult {
     Ok(())
 }
 
+/// Pushes the OCI layout at `layout` to `registry` as `toolchain`, returning the reference
+/// by digest.
+fn push_layout(
+    land: &Farmland,
+    registry: &crate::registry::Registry,
+    layout: &Path,
+) -> Result<String, String> {
+    use oci_client::client::{Client as OciClient, ClientConfig, ClientProtocol};
+    use oci_client::secrets::RegistryAuth;
+    let blob = |digest: &str| -> Result<Vec<u8>, String> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .ok_or("a non-sha256 digest")?;
+        std::fs::read(layout.join("blobs/sha256").join(hex)).map_err(text)
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).map_err(text)?)
+            .map_err(text)?;
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .ok_or("the layout's index names no manifest")?
+        .to_owned();
+    let manifest_bytes = blob(&manifest_digest)?;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).map_err(text)?;
+    let mut blobs = vec![manifest["config"]["digest"]
+        .as_str()
+        .ok_or("no config")?
+        .to_owned()];
+    for layer in manifest["layers"].as_array().ok_or("no layers")? {
+        blobs.push(
+            layer["digest"]
+                .as_str()
+                .ok_or("a layer without digest")?
+                .to_owned(),
+        );
+    }
+    let media_type = manifest["mediaType"]
+        .as_str()
+        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+        .to_owned();
+    let client = OciClient::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(vec![registry.address.clone()]),
+        ..ClientConfig::default()
+    });
+    let tagged: oci_client::Reference = format!("{}/toolchain:gcc", registry.address)
+        .parse()
+        .map_err(text)?;
+    land.runtime.block_on(async {
+        client
+            .store_auth_if_needed(tagged.resolve_registry(), &RegistryAuth::Anonymous)
+            .await;
+        for digest in &blobs {
+            client
+                .push_blob(&tagged, blob(digest)?, digest)
+                .await
+                .map_err(|error| format!("push blob {digest}: {error}"))?;
+        }
+        let content_type = http::HeaderValue::from_str(&media_type).map_err(text)?;
+        client
+            .push_manifest_raw(&tagged, manifest_bytes, content_type)
+            .await
+            .map_err(|error| format!("push manifest: {error}\n{}", registry.log()))?;
+        Ok::<(), String>(())
+    })?;
+    Ok(format!("{}/toolchain@{manifest_digest}", registry.address))
+}
+
+/// The worker has no image file: it pulls the toolchain by digest from a registry.
+fn worker_pulls_its_image_from_a_registry() -> TestResult {
+    const COUNT: usize = 3;
+    let land = Farmland::with_workers(0)?;
+    let registry = crate::registry::Registry::start()?;
+    let (layout, digest) = crate::image::layout()?;
+    let reference = push_layout(&land, &registry, &layout)?;
+    if !reference.ends_with(&digest) {
+        return Err(format!(
+            "pushed {reference}, the layout's image is {digest}"
+        ));
+    }
+    let _worker = WorkerProcess::start_with(&land, "puller", &format!("pull = [{reference:?}]\n"))?;
+    let client = Client::new(
+        &land.scheduler_url,
+        &land.image,
+        Some(&land.token_a()),
+        false,
+    )?;
+    let dir = tempfile::tempdir().map_err(text)?;
+    let root = project(dir.path(), COUNT)?;
+    build(&client, &root, COUNT)?;
+    link_and_run(&root, COUNT)?;
+    let stats = client.stats()?;
+    let compiled = stats["remote_compile"]["compiled"].as_u64().unwrap_or(0);
+    if compiled != COUNT as u64 + 1 {
+        return Err(format!("{compiled} remote compiles: {stats}"));
+    }
+    Ok(())
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         (
@@ -657,6 +770,11 @@ pub fn cases() -> Vec<Case> {
             "client::worker_killed_mid_build",
             &[Need::Sandbox],
             worker_killed_mid_build,
+        ),
+        (
+            "client::worker_pulls_its_image_from_a_registry",
+            &[Need::Sandbox, Need::Registry],
+            worker_pulls_its_image_from_a_registry,
         ),
         (
             "client::paranoid_client_keeps_no_cache",

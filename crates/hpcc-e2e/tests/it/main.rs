@@ -17,6 +17,10 @@ mod client;
 mod farm;
 mod idp;
 mod image;
+// Shared with hpcc-image's tests, which use all of it.
+#[allow(dead_code)]
+#[path = "../../../hpcc-image/tests/it/registry.rs"]
+mod registry;
 mod scheduler;
 
 use libtest_mimic::{Arguments, Trial};
@@ -29,6 +33,8 @@ pub type TestResult = Result<(), String>;
 pub enum Need {
     /// Root, the static agent and the debootstrap image (the sandbox runtime).
     Sandbox,
+    /// Debian's `docker-registry`.
+    Registry,
 }
 
 /// A test: name, needs, body.
@@ -46,6 +52,11 @@ fn missing(needs: &[Need]) -> Option<String> {
                 }
                 if let Err(reason) = hpcc_runtime::testing::image() {
                     return Some(reason);
+                }
+            }
+            Need::Registry => {
+                if !registry::installed() {
+                    return Some("docker-registry is not installed".into());
                 }
             }
         }
