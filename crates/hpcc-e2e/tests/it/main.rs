@@ -1,8 +1,12 @@
 //! End-to-end tests of remote compilation, in one process over loopback gRPC.
 //!
-//! - `idp`: a stand-in identity provider (JWKS over HTTP, request counts, key rotation).
+//! - `idp`: a stand-in identity provider (JWKS over HTTP, request counts, key rotation, an
+//!   OAuth2 token endpoint).
 //! - `scheduler`: the scheduler alone: tenants, tokens, images, placement.
 //! - `image`: packs the debootstrap toolchain root as an OCI layout (the worker imports it).
+//! - `login`: the real `hpcc login` and `hpccd login` binaries against the scheduler and the
+//!   IdP: password and client-credentials grants, IdP refusals, the private token cache, its
+//!   status, and refreshing it.
 //! - `farm`: scheduler, two workers with the sandbox runtime, and the daemon's farm client:
 //!   outputs identical to local compiles and across workers, refusals without audit rows,
 //!   many concurrent compiles.
@@ -13,6 +17,7 @@
 mod farm;
 mod idp;
 mod image;
+mod login;
 mod scheduler;
 
 use libtest_mimic::{Arguments, Trial};
@@ -25,6 +30,9 @@ pub type TestResult = Result<(), String>;
 pub enum Need {
     /// Root, the static agent and the debootstrap image (the sandbox runtime).
     Sandbox,
+    /// Cargo, to build the `hpcc` and `hpccd` binaries (other packages' binaries, which cargo
+    /// does not build for these tests).
+    Cargo,
 }
 
 /// A test: name, needs, body.
@@ -44,6 +52,11 @@ fn missing(needs: &[Need]) -> Option<String> {
                     return Some(reason);
                 }
             }
+            Need::Cargo => {
+                if let Err(reason) = login::cargo_available() {
+                    return Some(reason);
+                }
+            }
         }
     }
     None
@@ -53,6 +66,7 @@ fn main() {
     let args = Arguments::from_args();
     let mut cases: Vec<Case> = Vec::new();
     cases.extend(scheduler::cases());
+    cases.extend(login::cases());
     cases.extend(farm::cases());
     let trials = cases
         .into_iter()
