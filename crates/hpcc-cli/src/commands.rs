@@ -1,4 +1,5 @@
-//! The user commands: `stats`, `config`, `clean`, `wrap`, `--help`, `--version`.
+//! The user commands: `stats`, `config`, `clean`, `wrap`, `--help`, `--version`; `daemon`,
+//! `login` and `logout` exec `hpccd`.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
@@ -36,6 +37,7 @@ usage: hpcc <compiler> [compiler args...]   compile through the cache
        hpcc wrap DIR                        create compiler symlinks in DIR; prints the PATH line
        hpcc daemon                          run the local daemon in the foreground
        hpcc start | stop | status           start it in the background, stop it, show it
+       hpcc login [--status] | logout       get (or check, or drop) a remote-compilation token
        hpcc --version | --help
 
 A symlink named gcc, g++, cc, c++, clang, clang++ pointing at hpcc also works: it finds the
@@ -55,6 +57,7 @@ pub fn dispatch(first: &OsStr, rest: &[OsString]) -> Option<ExitCode> {
         "clean" => clean_command(rest),
         "wrap" => wrap_command(rest),
         "daemon" => daemon_command(rest),
+        "login" | "logout" => exec_daemon(first, rest),
         "start" => start_command(rest),
         "stop" => stop_command(rest),
         "status" => return Some(status_command(rest)),
@@ -350,6 +353,18 @@ fn daemon_command(rest: &[OsString]) -> Result<()> {
     let daemon = crate::daemon::daemon_binary()?;
     let error = std::process::Command::new(&daemon).exec();
     Err(error).with_context(|| format!("running {}", daemon.display()))
+}
+
+/// `hpcc login` and `hpcc logout`: the token request needs HTTP and gRPC clients, which only
+/// `hpccd` links, so they run as `hpccd login ...` in this process (`exec`: same pid,
+/// terminal for the password prompt, stdin for scripts, and exit code).
+fn exec_daemon(command: &OsStr, rest: &[OsString]) -> Result<()> {
+    let daemon = crate::daemon::daemon_binary()?;
+    let error = std::process::Command::new(&daemon)
+        .arg(command)
+        .args(rest)
+        .exec();
+    Err(error).with_context(|| format!("running {} {}", daemon.display(), command.display()))
 }
 
 fn start_command(rest: &[OsString]) -> Result<()> {

@@ -20,8 +20,9 @@ pub use farm::RemoteCompileConfig;
 pub use remote::{Backend, RemoteConfig, RemoteOptions};
 pub use service::{is_image_digest, SchedulerConfig, TenantConfig, TlsFiles, WorkerConfig};
 
-/// Environment variables that start with `HPCC_` but are not config keys.
-pub const NON_KEY_VARIABLES: &[&str] = &["HPCC_CONFIG", "HPCC_LOG"];
+/// Environment variables that start with `HPCC_` but are not config keys
+/// (`HPCC_CLIENT_SECRET` is the OAuth2 client secret `hpcc login --client-credentials` reads).
+pub const NON_KEY_VARIABLES: &[&str] = &["HPCC_CONFIG", "HPCC_LOG", "HPCC_CLIENT_SECRET"];
 
 /// How keys are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -509,6 +510,14 @@ mod tests {
         let error =
             merge_env(Config::default(), [("HPCC_DISABLE", "maybe")]).expect_err("bad bool");
         assert!(error.to_string().contains("maybe"), "{error}");
+        // Variables that are no keys are not taken for typos.
+        for name in NON_KEY_VARIABLES {
+            assert_eq!(
+                merge_env(Config::default(), [(*name, "x")]),
+                Ok(Config::default()),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -150,6 +150,34 @@ fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
+/// The scheduler's endpoint under the farm's TLS rules: `http://` only with
+/// `insecure_plaintext`; `https://` trusting `ca_pem` if given, else the system's roots.
+/// `hpcc login` asks the scheduler through the same rules.
+pub(crate) fn scheduler_endpoint(
+    url: &str,
+    ca_pem: Option<&str>,
+    insecure_plaintext: bool,
+) -> Result<Endpoint, String> {
+    let scheme_insecure = url.starts_with("http://");
+    if scheme_insecure && !insecure_plaintext {
+        return Err(format!(
+            "{url} is plaintext; set insecure_plaintext to allow it"
+        ));
+    }
+    tls_endpoint(url, ca_pem.map(str::as_bytes), "", scheme_insecure).or_else(|error| {
+        if ca_pem.is_none() && !scheme_insecure {
+            // https without a configured CA: the system roots.
+            Endpoint::from_shared(url.to_owned())
+                .and_then(|endpoint| {
+                    endpoint.tls_config(ClientTlsConfig::new().with_enabled_roots())
+                })
+                .map_err(|error| error.to_string())
+        } else {
+            Err(error)
+        }
+    })
+}
+
 /// The farm client of one daemon.
 #[derive(Clone)]
 pub struct Farm {
@@ -160,31 +188,11 @@ pub struct Farm {
 impl Farm {
     /// A client for `config`; connects lazily.
     pub fn new(config: FarmConfig) -> Result<Farm, FarmError> {
-        let scheme_insecure = config.scheduler.starts_with("http://");
-        if scheme_insecure && !config.insecure_plaintext {
-            return Err(FarmError::Scheduler(format!(
-                "{} is plaintext; set insecure_plaintext to allow it",
-                config.scheduler
-            )));
-        }
-        let endpoint = tls_endpoint(
+        let endpoint = scheduler_endpoint(
             &config.scheduler,
-            config.scheduler_ca.as_deref().map(str::as_bytes),
-            "",
-            scheme_insecure,
+            config.scheduler_ca.as_deref(),
+            config.insecure_plaintext,
         )
-        .or_else(|error| {
-            if config.scheduler_ca.is_none() && !scheme_insecure {
-                // https without a configured CA: the system roots.
-                Endpoint::from_shared(config.scheduler.clone())
-                    .and_then(|endpoint| {
-                        endpoint.tls_config(ClientTlsConfig::new().with_enabled_roots())
-                    })
-                    .map_err(|error| error.to_string())
-            } else {
-                Err(error)
-            }
-        })
         .map_err(FarmError::Scheduler)?;
         Ok(Farm {
             scheduler: SchedulerClient::new(

@@ -15,6 +15,7 @@ use hpcc_cli::daemon::Connection;
 use hpcc_cli::remote_compile::{RemoteCompiler, RemoteJob, RemoteResult};
 use hpcc_core::config::RemoteCompileConfig;
 use hpcc_daemon::farm::{Farm, FarmConfig, RemoteRequest};
+use hpcc_daemon::login::{self, TokenError};
 
 /// How long the farm is left alone after it failed (misses compile locally meanwhile, keyed
 /// for the local compiler, so a farm outage costs no build one failed attempt per compile).
@@ -27,6 +28,10 @@ pub struct FarmService {
     runtime: tokio::runtime::Runtime,
     farm: Farm,
     paranoid: bool,
+    /// The configuration (a token refresh needs it).
+    config: RemoteCompileConfig,
+    /// Held while refreshing the token: an IdP that rotates refresh tokens takes each once.
+    refreshing: Mutex<()>,
     /// Compiles served from a worker's cache since the last drain.
     worker_hits: AtomicU64,
 }
@@ -65,6 +70,8 @@ impl FarmService {
             runtime,
             farm,
             paranoid: config.paranoid,
+            config: config.clone(),
+            refreshing: Mutex::new(()),
             worker_hits: AtomicU64::new(0),
         })
     }
@@ -98,6 +105,29 @@ impl FarmService {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now() + COOLDOWN);
     }
 
+    /// The user's token from `hpcc login`'s cache, refreshed if it expired and the IdP gave
+    /// a refresh token.
+    fn token(&self) -> Result<String, String> {
+        let tenant = &self.config.tenant_id;
+        match login::cached_token(tenant) {
+            Ok(token) => Ok(token),
+            Err(TokenError::Expired { .. }) => {
+                let _one_at_a_time = self
+                    .refreshing
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                // Another connection may have refreshed it meanwhile.
+                if let Ok(token) = login::cached_token(tenant) {
+                    return Ok(token);
+                }
+                self.runtime
+                    .block_on(login::refresh(&self.config))
+                    .map_err(|error| error.to_string())
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
     /// Whether only workers touch the cache.
     pub fn paranoid(&self) -> bool {
         self.paranoid
@@ -125,8 +155,7 @@ impl RemoteCompiler for ConnectionFarm<'_> {
     }
 
     fn compile(&self, job: RemoteJob) -> Result<RemoteResult, String> {
-        let tenant = self.service.farm.config().tenant.clone();
-        let token = crate::token::cached(&tenant).inspect_err(|_| self.service.failed())?;
+        let token = self.service.token().inspect_err(|_| self.service.failed())?;
         let (sender, receiver) = mpsc::channel();
         let farm = &self.service.farm;
         let request = RemoteRequest {

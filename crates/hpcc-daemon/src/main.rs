@@ -6,12 +6,15 @@
 //! memory, decoded manifests), asks the remote stores (`[[remote]]`) after a local miss, and
 //! uploads what wrappers store. It lives in its own crate so that the wrapper, which starts
 //! for every compile, links no async runtime and no remote-store client.
+//!
+//! `hpccd login` and `hpccd logout` (run by `hpcc login` and `hpcc logout`) get and drop the
+//! token of remote compilation: they need the HTTP and gRPC clients only this binary links.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod farm_service;
+mod login_command;
 mod remote;
 mod server;
-mod token;
 
 use std::process::ExitCode;
 
@@ -20,9 +23,18 @@ use hpcc_cli::settings::Settings;
 fn main() -> ExitCode {
     hpcc_cli::init_logging();
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    if !args.is_empty() {
-        eprintln!("usage: hpccd    (runs the daemon in the foreground; configured like hpcc)");
-        return ExitCode::from(2);
+    match args.first().map(|first| first.to_str()) {
+        None => {}
+        Some(Some("login")) => return login_command::login(&args[1..]),
+        Some(Some("logout")) => return login_command::logout(&args[1..]),
+        Some(_) => {
+            eprintln!(
+                "usage: hpccd                  run the daemon in the foreground (configured like hpcc)\n       \
+                 hpccd login [options]    get a token for remote compilation (hpccd login --help)\n       \
+                 hpccd logout             forget it"
+            );
+            return ExitCode::from(2);
+        }
     }
     let result = Settings::load().and_then(server::run);
     match result {

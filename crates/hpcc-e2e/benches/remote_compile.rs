@@ -19,6 +19,8 @@ mod farm;
 mod idp;
 #[path = "../tests/it/image.rs"]
 mod image;
+#[path = "../tests/it/login.rs"]
+mod login;
 #[path = "../../hpcc-image/tests/it/registry.rs"]
 mod registry;
 #[path = "../tests/it/scheduler.rs"]
@@ -38,6 +40,8 @@ pub enum Need {
     Sandbox,
     /// `docker-registry`.
     Registry,
+    /// Cargo.
+    Cargo,
 }
 
 /// As in the test binary.

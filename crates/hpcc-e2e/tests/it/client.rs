@@ -6,7 +6,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use crate::farm::Farmland;
 use crate::scheduler::now;
@@ -16,47 +15,9 @@ fn text(error: impl std::fmt::Display) -> String {
     error.to_string()
 }
 
-/// `hpcc`, `hpccd` and `hpcc-worker`, built into this test's target directory on first use (cargo builds
-/// no other package's binaries for these tests).
+/// `hpcc`, `hpccd` and `hpcc-worker`, built on first use (see [`crate::login::binaries`]).
 pub fn client_binaries() -> Result<PathBuf, String> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().map_err(text)?;
-            // target/<profile>/deps/it-<hash>
-            let profile = exe
-                .parent()
-                .and_then(Path::parent)
-                .ok_or("the test binary is not in target/<profile>/deps")?;
-            let target = profile.parent().ok_or("no target directory")?;
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut build = Command::new(cargo);
-            build
-                .current_dir(&workspace)
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "hpcc-cli",
-                    "-p",
-                    "hpcc-daemon",
-                    "--bins",
-                ])
-                .env("CARGO_TARGET_DIR", target);
-            if profile.file_name() == Some(std::ffi::OsStr::new("release")) {
-                build.arg("--release");
-            }
-            let output = build.output().map_err(text)?;
-            if !output.status.success() {
-                return Err(format!(
-                    "building hpcc and hpccd: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                ));
-            }
-            Ok(profile.to_path_buf())
-        })
-        .clone()
+    crate::login::binaries().map(Path::to_path_buf)
 }
 
 /// One user's machine: a cache directory, a state directory with a token, and the farm.
@@ -87,6 +48,8 @@ impl Client {
                 "token_type": "Bearer",
                 "expires_at": now() + 600,
                 "tenant": "a",
+                "token_endpoint": "http://127.0.0.1:1/token",
+                "client_id": "hpcc",
             });
             std::fs::write(&file, body.to_string()).map_err(text)?;
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))

@@ -1,8 +1,12 @@
 //! End-to-end tests of remote compilation, in one process over loopback gRPC.
 //!
-//! - `idp`: a stand-in identity provider (JWKS over HTTP, request counts, key rotation).
+//! - `idp`: a stand-in identity provider (JWKS over HTTP, request counts, key rotation, an
+//!   OAuth2 token endpoint).
 //! - `scheduler`: the scheduler alone: tenants, tokens, images, placement.
 //! - `image`: packs the debootstrap toolchain root as an OCI layout (the worker imports it).
+//! - `login`: the real `hpcc login` and `hpccd login` binaries against the scheduler and the
+//!   IdP: password and client-credentials grants, IdP refusals, the private token cache, its
+//!   status, and refreshing it.
 //! - `farm`: scheduler, two workers with the sandbox runtime, and the daemon's farm client:
 //!   outputs identical to local compiles and across workers, refusals without audit rows,
 //!   many concurrent compiles.
@@ -17,6 +21,7 @@ mod client;
 mod farm;
 mod idp;
 mod image;
+mod login;
 // Shared with hpcc-image's tests, which use all of it.
 #[allow(dead_code)]
 #[path = "../../../hpcc-image/tests/it/registry.rs"]
@@ -33,6 +38,9 @@ pub type TestResult = Result<(), String>;
 pub enum Need {
     /// Root, the static agent and the debootstrap image (the sandbox runtime).
     Sandbox,
+    /// Cargo, to build the `hpcc` and `hpccd` binaries (other packages' binaries, which cargo
+    /// does not build for these tests).
+    Cargo,
     /// Debian's `docker-registry`.
     Registry,
 }
@@ -54,6 +62,11 @@ fn missing(needs: &[Need]) -> Option<String> {
                     return Some(reason);
                 }
             }
+            Need::Cargo => {
+                if let Err(reason) = login::cargo_available() {
+                    return Some(reason);
+                }
+            }
             Need::Registry => {
                 if !registry::installed() {
                     return Some("docker-registry is not installed".into());
@@ -68,6 +81,7 @@ fn main() {
     let args = Arguments::from_args();
     let mut cases: Vec<Case> = Vec::new();
     cases.extend(scheduler::cases());
+    cases.extend(login::cases());
     cases.extend(farm::cases());
     cases.extend(client::cases());
     let trials = cases

@@ -54,6 +54,33 @@ pub fn config(tenants: Vec<TenantConfig>) -> SchedulerConfig {
     }
 }
 
+/// Serves `scheduler` on a loopback port from `runtime`: its URL, and the sender whose drop
+/// stops the server.
+pub fn serve(
+    runtime: &tokio::runtime::Runtime,
+    scheduler: Arc<Scheduler>,
+) -> Result<(String, tokio::sync::oneshot::Sender<()>), String> {
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let url = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(SchedulerService::server(scheduler))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        Ok::<_, String>(format!("http://{address}"))
+    })?;
+    Ok((url, shutdown))
+}
+
 /// Two tenants with their own IdPs, a scheduler serving them on loopback, one client.
 struct World {
     runtime: tokio::runtime::Runtime,
