@@ -155,7 +155,10 @@ impl RemoteCompiler for ConnectionFarm<'_> {
     }
 
     fn compile(&self, job: RemoteJob) -> Result<RemoteResult, String> {
-        let token = self.service.token().inspect_err(|_| self.service.failed())?;
+        let token = self
+            .service
+            .token()
+            .inspect_err(|_| self.service.failed())?;
         let (sender, receiver) = mpsc::channel();
         let farm = &self.service.farm;
         let request = RemoteRequest {

@@ -150,10 +150,41 @@ pub struct Worker {
     load: AtomicU32,
     queued: AtomicU32,
     permits: tokio::sync::Semaphore,
+    /// Sources that may be held at once (received, queued or compiling).
+    source_budget: SourceBudget,
 }
 
 /// Compiles that may wait for a slot; more are refused with [`WorkerError::Busy`].
 pub const MAX_QUEUED: u32 = 1024;
+
+/// Bytes of sources a worker holds at once, whatever the number of clients: a compile whose
+/// source would go over is refused with [`WorkerError::Busy`] before it is read (its client
+/// compiles locally), so a burst of large sources cannot grow the worker without bound.
+pub const SOURCE_BUDGET_BYTES: u64 = 512 << 20;
+
+/// Part of a [`SourceBudget`], held from reading a source until its compile ends.
+pub struct SourceReservation(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+/// A byte budget, counted in KiB, that sources reserve before they are read.
+pub struct SourceBudget(Arc<tokio::sync::Semaphore>);
+
+impl SourceBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> SourceBudget {
+        SourceBudget(Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(bytes >> 10).unwrap_or(usize::MAX),
+        )))
+    }
+
+    /// Room for `len` bytes until the reservation is dropped, or `None` if it is full.
+    pub fn reserve(&self, len: u64) -> Option<SourceReservation> {
+        let kib = u32::try_from(len.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        Arc::clone(&self.0)
+            .try_acquire_many_owned(kib)
+            .ok()
+            .map(SourceReservation)
+    }
+}
 
 /// Decrements the load when a compile ends, however it ends.
 struct LoadGuard<'a>(&'a AtomicU32);
@@ -189,7 +220,16 @@ impl Worker {
             audit,
             load: AtomicU32::new(0),
             queued: AtomicU32::new(0),
+            source_budget: SourceBudget::new(SOURCE_BUDGET_BYTES),
         }
+    }
+
+    /// Reserves room for a source of `len` bytes, or refuses with [`WorkerError::Busy`] when
+    /// the sources already held fill the [`SOURCE_BUDGET_BYTES`].
+    pub fn reserve_source(&self, len: u64) -> Result<SourceReservation, WorkerError> {
+        self.source_budget
+            .reserve(len)
+            .ok_or(WorkerError::Busy(self.settings.capacity))
     }
 
     /// This worker's id.
@@ -433,5 +473,28 @@ impl Worker {
             duration_ms: 0,
             injected: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_budget_refuses_what_does_not_fit_until_room_is_freed() {
+        let budget = SourceBudget::new(4 << 20);
+        let first = budget.reserve(3 << 20).expect("3 MiB of 4 fit");
+        assert!(budget.reserve(2 << 20).is_none(), "5 MiB of 4");
+        let small = budget.reserve(1).expect("1 KiB fits");
+        drop(first);
+        assert!(
+            budget.reserve(3 << 20).is_some(),
+            "room again once released"
+        );
+        drop(small);
+        assert!(
+            budget.reserve(u64::MAX).is_none(),
+            "never more than the budget"
+        );
     }
 }

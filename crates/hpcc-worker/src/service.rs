@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{CompileJob, CompileOutput, Worker, WorkerError};
+use crate::{CompileJob, CompileOutput, SourceReservation, Worker, WorkerError};
 
 /// The largest preprocessed source accepted, uncompressed.
 pub const MAX_SOURCE_BYTES: u64 = 256 << 20;
@@ -77,7 +77,7 @@ pub fn zstd_chunk(data: &[u8]) -> Vec<u8> {
 async fn read_job(
     worker: &Worker,
     mut stream: Streaming<CompileRequest>,
-) -> Result<CompileJob, Status> {
+) -> Result<(CompileJob, SourceReservation), Status> {
     let header = match stream.next().await {
         Some(Ok(CompileRequest {
             kind: Some(RequestKind::Header(header)),
@@ -102,6 +102,7 @@ async fn read_job(
             header.source_len
         )));
     }
+    let reservation = worker.reserve_source(header.source_len)?;
     let mut source = Vec::with_capacity(usize::try_from(header.source_len).unwrap_or(0));
     loop {
         match stream.next().await {
@@ -128,7 +129,7 @@ async fn read_job(
             "the source does not match its announced length and digest",
         ));
     }
-    Ok(CompileJob {
+    let job = CompileJob {
         tenant: header.tenant_id,
         image: header.image_digest,
         compiler: header.compiler,
@@ -136,7 +137,8 @@ async fn read_job(
         flags: header.args,
         source,
         extra_outputs: header.extra_outputs,
-    })
+    };
+    Ok((job, reservation))
 }
 
 fn events(output: CompileOutput, worker: &str) -> Vec<CompileEvent> {
@@ -197,7 +199,7 @@ impl worker_server::Worker for WorkerService {
         request: Request<Streaming<CompileRequest>>,
     ) -> Result<Response<Self::CompileStream>, Status> {
         let worker = Arc::clone(&self.worker);
-        let job = read_job(&worker, request.into_inner()).await?;
+        let (job, reservation) = read_job(&worker, request.into_inner()).await?;
         let (sender, receiver) = mpsc::channel(16);
         #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
@@ -208,6 +210,7 @@ impl worker_server::Worker for WorkerService {
                     return;
                 }
             };
+            drop(reservation);
             match outcome {
                 Ok(output) => {
                     for event in events(output, worker.id()) {

@@ -619,6 +619,95 @@ fn worker_killed_mid_build() -> TestResult {
     Ok(())
 }
 
+fn peak_rss_kib(pid: u32) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(text)?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmHWM in /proc/<pid>/status".into())
+}
+
+/// 200 compiles at once from four clients against one worker process: all succeed, and the
+/// worker's peak memory stays far below what holding them all would take (it holds at most
+/// its source budget, and queued jobs wait without sessions of their own).
+fn worker_memory_stays_bounded_under_load() -> TestResult {
+    const JOBS: usize = 200;
+    /// The peak the worker process may reach, in MiB.
+    const BOUND_MIB: u64 = 128;
+    let land = Farmland::with_workers(0)?;
+    let worker = WorkerProcess::start(&land, "loaded")?;
+    let header = Command::new("gcc")
+        .args(["-E", "-x", "c", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(
+                    b"#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n#include <math.h>\n",
+                )?;
+            }
+            child.wait_with_output()
+        })
+        .map_err(text)?
+        .stdout;
+    let farms: Vec<std::sync::Arc<hpcc_daemon::farm::Farm>> = (0..4)
+        .map(|_| land.farm("a").map(std::sync::Arc::new))
+        .collect::<Result<_, _>>()?;
+    let token = land.token_a();
+    let sent: usize = JOBS * header.len();
+    let outcomes = land.runtime.block_on(async {
+        let mut handles = Vec::new();
+        for index in 0..JOBS {
+            let mut source = header.clone();
+            source.extend_from_slice(
+                format!("int job_{index}(int v) {{ return abs(v) + {index}; }}\n").as_bytes(),
+            );
+            let farm = std::sync::Arc::clone(&farms[index % farms.len()]);
+            let token = token.clone();
+            handles.push(tokio::spawn(async move {
+                farm.compile(crate::farm::request(source, &["-O2".into()]), &token)
+                    .await
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for handle in handles {
+            outcomes.push(handle.await.map_err(text));
+        }
+        outcomes
+    });
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        let outcome = outcome?.map_err(|error| format!("compile {index}: {error}"))?;
+        if outcome.exit_code != 0 || outcome.object.is_none() {
+            return Err(format!(
+                "compile {index}: exit {}: {}",
+                outcome.exit_code,
+                String::from_utf8_lossy(&outcome.stderr)
+            ));
+        }
+    }
+    if worker.audit_rows() != JOBS + 1 {
+        return Err(format!(
+            "{} audit rows for {} jobs",
+            worker.audit_rows(),
+            JOBS + 1
+        ));
+    }
+    let peak = peak_rss_kib(worker.child.id())? >> 10;
+    println!(
+        "worker peak RSS {peak} MiB for {JOBS} concurrent compiles ({} MiB of sources)",
+        sent >> 20
+    );
+    if peak > BOUND_MIB {
+        return Err(format!(
+            "the worker's peak RSS was {peak} MiB, over {BOUND_MIB} MiB"
+        ));
+    }
+    Ok(())
+}
+
 /// Pushes the OCI layout at `layout` to `registry` as `toolchain`, returning the reference
 /// by digest.
 fn push_layout(
@@ -738,6 +827,11 @@ pub fn cases() -> Vec<Case> {
             "client::worker_pulls_its_image_from_a_registry",
             &[Need::Sandbox, Need::Registry],
             worker_pulls_its_image_from_a_registry,
+        ),
+        (
+            "client::worker_memory_stays_bounded_under_load",
+            &[Need::Sandbox],
+            worker_memory_stays_bounded_under_load,
         ),
         (
             "client::paranoid_client_keeps_no_cache",
