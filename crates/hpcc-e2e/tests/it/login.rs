@@ -90,6 +90,8 @@ fn build_binaries() -> Result<PathBuf, String> {
             "hpcc-daemon",
             "-p",
             "hpcc-worker",
+            "-p",
+            "hpcc-scheduler",
             "--bins",
         ])
         .env("CARGO_TARGET_DIR", target_dir);

@@ -12,7 +12,8 @@
 //!   many concurrent compiles.
 //! - `client`: the real `hpcc` wrapper and `hpccd` with `[remote_compile]` against that farm:
 //!   misses compiled remotely then hit locally, path-free objects across checkouts, fallback
-//!   when the farm is down, paranoid mode.
+//!   when the farm is down, paranoid mode, a worker killed mid-build, a registry pull.
+//! - `tls`: the scheduler and worker binaries with certificates from a throwaway CA.
 //!
 //! A test whose prerequisite is missing (root, debootstrap) prints `skipped: <name>: <reason>`
 //! and is reported as ignored, never as passed.
@@ -27,6 +28,7 @@ mod login;
 #[path = "../../../hpcc-image/tests/it/registry.rs"]
 mod registry;
 mod scheduler;
+mod tls;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -84,6 +86,7 @@ fn main() {
     cases.extend(login::cases());
     cases.extend(farm::cases());
     cases.extend(client::cases());
+    cases.extend(tls::cases());
     let trials = cases
         .into_iter()
         .map(|(name, needs, body)| {

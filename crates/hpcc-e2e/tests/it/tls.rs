@@ -1,0 +1,211 @@
+//! TLS, as deployed: the `hpcc-scheduler` and `hpcc-worker` binaries with certificates from a
+//! throwaway CA, and the daemon's farm client trusting that CA. A compile succeeds over TLS; a
+//! plaintext client, or one trusting another CA, is refused before anything is compiled.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hpcc_daemon::farm::{Farm, FarmConfig};
+
+use crate::idp::Idp;
+use crate::scheduler::{now, user_token, SECRET};
+use crate::{Case, Need, TestResult};
+
+fn text(error: impl std::fmt::Display) -> String {
+    error.to_string()
+}
+
+/// A CA and a certificate it signed for `localhost` and 127.0.0.1.
+struct Pki {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn new_pki() -> Result<Pki, String> {
+    let ca_key = rcgen::KeyPair::generate().map_err(text)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(text)?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "hpcc test CA");
+    let ca_cert = ca.self_signed(&ca_key).map_err(text)?;
+    let key = rcgen::KeyPair::generate().map_err(text)?;
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).map_err(text)?;
+    params.subject_alt_names.push(rcgen::SanType::IpAddress(
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    ));
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(text)?;
+    Ok(Pki {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn free_port() -> Result<u16, String> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(text)?;
+    Ok(probe.local_addr().map_err(text)?.port())
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(binary: &Path, config: &Path, log: &Path) -> Result<Killed, String> {
+    Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).map_err(text)?)
+        .spawn()
+        .map(Killed)
+        .map_err(|error| format!("{}: {error}", binary.display()))
+}
+
+fn farm(
+    runtime: &tokio::runtime::Runtime,
+    scheduler: &str,
+    ca: Option<String>,
+    image: &str,
+) -> Result<Farm, String> {
+    let _entered = runtime.enter();
+    Farm::new(FarmConfig {
+        tenant: "a".into(),
+        scheduler: scheduler.into(),
+        scheduler_ca: ca,
+        insecure_plaintext: false,
+        image: image.into(),
+        timeout: Duration::from_secs(60),
+        route_patience: Duration::from_secs(5),
+    })
+    .map_err(text)
+}
+
+fn farm_over_tls() -> TestResult {
+    let bin: PathBuf = crate::login::binaries()?.to_path_buf();
+    let dir = tempfile::tempdir().map_err(text)?;
+    let file = |name: &str, body: &str| -> Result<PathBuf, String> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).map_err(text)?;
+        Ok(path)
+    };
+    let pki = new_pki()?;
+    let ca = file("ca.pem", &pki.ca_pem)?;
+    let cert = file("server.pem", &pki.cert_pem)?;
+    let key = file("server.key", &pki.key_pem)?;
+    let secret = file("secret", SECRET)?;
+    let routing_key = dir.path().join("routing.pem");
+    let keygen = Command::new(bin.join("hpcc-scheduler"))
+        .arg("keygen")
+        .arg(&routing_key)
+        .output()
+        .map_err(text)?;
+    if !keygen.status.success() {
+        return Err(format!(
+            "keygen: {}",
+            String::from_utf8_lossy(&keygen.stderr)
+        ));
+    }
+    let public = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
+    let (layout, image) = crate::image::layout()?;
+    let idp = Idp::start("a")?;
+    let scheduler_port = free_port()?;
+    let scheduler_config = file(
+        "scheduler.toml",
+        &format!(
+            "listen = \"127.0.0.1:{scheduler_port}\"\nrouting_key = {routing_key:?}\n\
+             worker_secret_file = {secret:?}\n\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\n\
+             [[tenants]]\nid = \"a\"\nissuer = \"{}\"\njwks_uri = \"{}\"\n\
+             token_endpoint = \"{}\"\naudience = \"hpcc\"\nallowed_images = [\"{image}\"]\n",
+            idp.issuer(),
+            idp.jwks_uri(),
+            idp.token_uri(),
+        ),
+    )?;
+    let _scheduler = spawn(
+        &bin.join("hpcc-scheduler"),
+        &scheduler_config,
+        &dir.path().join("scheduler.log"),
+    )?;
+    let worker_config = file(
+        "worker.toml",
+        &format!(
+            "id = \"tls-worker\"\nlisten = \"127.0.0.1:{}\"\ntls_ca = {ca:?}\n\
+             tls_server_name = \"localhost\"\nscheduler = \"https://127.0.0.1:{scheduler_port}\"\n\
+             scheduler_ca = {ca:?}\nworker_secret_file = {secret:?}\n\
+             routing_public_key = \"{public}\"\nstate_dir = {:?}\nagent = {:?}\nimages = [{:?}]\n\n\
+             [tls]\ncert = {cert:?}\nkey = {key:?}\n",
+            free_port()?,
+            dir.path().join("state"),
+            hpcc_runtime::testing::agent_binary()?,
+            layout,
+        ),
+    )?;
+    let _worker = spawn(
+        &bin.join("hpcc-worker"),
+        &worker_config,
+        &dir.path().join("worker.log"),
+    )?;
+    let logs = || {
+        format!(
+            "\nscheduler log:\n{}\nworker log:\n{}",
+            std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default()
+        )
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(text)?;
+    let token = user_token(&idp, &idp.issuer(), now() + 600);
+    let url = format!("https://127.0.0.1:{scheduler_port}");
+    let trusted = farm(&runtime, &url, Some(pki.ca_pem.clone()), &image)?;
+    let request = || crate::farm::request(b"int over_tls(void) { return 7; }\n".to_vec(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let outcome = loop {
+        match runtime.block_on(trusted.compile(request(), &token)) {
+            Ok(outcome) => break outcome,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(300)),
+            Err(error) => return Err(format!("compile over TLS: {error}{}", logs())),
+        }
+    };
+    if outcome.exit_code != 0 || outcome.object.is_none() {
+        return Err(format!(
+            "compile over TLS: exit {}{}",
+            outcome.exit_code,
+            logs()
+        ));
+    }
+    // Another CA: the handshake fails, nothing is routed or compiled.
+    let stranger = new_pki()?;
+    let untrusting = farm(&runtime, &url, Some(stranger.ca_pem), &image)?;
+    if runtime
+        .block_on(untrusting.compile(request(), &token))
+        .is_ok()
+    {
+        return Err("a client trusting another CA reached the farm".into());
+    }
+    // Plaintext is refused by the client unless asked for, and by the TLS server anyway.
+    if farm(
+        &runtime,
+        &format!("http://127.0.0.1:{scheduler_port}"),
+        None,
+        &image,
+    )
+    .is_ok()
+    {
+        return Err("a plaintext scheduler URL was accepted without insecure_plaintext".into());
+    }
+    let audit = std::fs::read_to_string(dir.path().join("state/audit.tsv")).unwrap_or_default();
+    if audit.lines().count() != 1 {
+        return Err(format!("{} audit rows, expected 1", audit.lines().count()));
+    }
+    Ok(())
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![("tls::farm_over_tls", &[Need::Sandbox], farm_over_tls)]
+}
