@@ -697,6 +697,87 @@ fn clients_cannot_plant_worker_cache_entries() -> TestResult {
     Ok(())
 }
 
+/// Processes whose command line contains `needle` (the compiler of a job carries its source
+/// digest in `-frandom-seed`).
+fn processes_with(needle: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            cmdline
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
+        })
+        .count()
+}
+
+/// A client that gives up (its deadline passes) kills its compile on the worker: the compiler
+/// process goes away and no audit row is written for a job that produced nothing.
+fn a_client_that_goes_away_kills_its_compile() -> TestResult {
+    let land = Farmland::new()?;
+    let mut source = String::new();
+    for index in 0..1500 {
+        source.push_str(&format!(
+            "int f{index}(int x) {{ int s = 0; for (int i = 0; i < x; i++) {{ s += (i * {index}) ^ (s >> 3); if (s % 7 == {}) s -= x; }} return s; }}\n",
+            index % 7
+        ));
+    }
+    let source = source.into_bytes();
+    let seed = format!("-frandom-seed={}", Digest::of(&source).to_hex());
+    let impatient = {
+        let _entered = land.runtime.enter();
+        Farm::new(FarmConfig {
+            tenant: "a".into(),
+            scheduler: land.scheduler_url.clone(),
+            scheduler_ca: None,
+            insecure_plaintext: true,
+            image: land.image.clone(),
+            timeout: Duration::from_secs(4),
+            route_patience: Duration::from_secs(5),
+        })
+        .map_err(text)?
+    };
+    let token = land.token_a();
+    let compile = land.runtime.spawn(async move {
+        impatient
+            .compile(request(source, &["-O2".into()]), &token)
+            .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while processes_with(&seed) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if processes_with(&seed) == 0 {
+        return Err("the slow compile never started on the worker".into());
+    }
+    match land.runtime.block_on(compile).map_err(text)? {
+        Err(FarmError::Timeout(_)) => {}
+        other => return Err(format!("expected the client to time out, got {other:?}")),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while processes_with(&seed) > 0 {
+        if std::time::Instant::now() > deadline {
+            return Err("the compiler still runs 10 s after its client went away".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rows = land.audit_rows(0)?.len() + land.audit_rows(1)?.len();
+    if rows != 0 {
+        return Err(format!("{rows} audit rows for a cancelled job"));
+    }
+    Ok(())
+}
+
 fn many_concurrent_remote_compiles() -> TestResult {
     let land = Farmland::new()?;
     let (_dir, sources) = project(5)?;
@@ -762,6 +843,11 @@ pub fn cases() -> Vec<Case> {
             "farm::remote_compiles_match_local_and_across_workers",
             SANDBOX,
             remote_compiles_match_local_and_across_workers,
+        ),
+        (
+            "farm::a_client_that_goes_away_kills_its_compile",
+            SANDBOX,
+            a_client_that_goes_away_kills_its_compile,
         ),
         (
             "farm::clients_cannot_plant_worker_cache_entries",
