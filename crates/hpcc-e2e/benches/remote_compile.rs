@@ -185,6 +185,8 @@ fn run() -> Result<(), String> {
         )
     })?;
     let sources = sources(&corpus)?;
+    // Built before the farm starts: the build takes minutes the first time.
+    client::client_binaries()?;
     let land = farm::Farmland::with_workers(0)?;
     let _worker = client::WorkerProcess::start(&land, "bench")?;
     let farm_client = land.farm("a")?;

@@ -215,7 +215,8 @@ impl Idp {
             );
             let issuer = format!("http://{address}");
             std::thread::spawn(move || {
-                let deadline = std::time::Instant::now() + Duration::from_secs(300);
+                // A backstop for a test that leaks its IdP; dropping it stops the thread.
+                let deadline = std::time::Instant::now() + Duration::from_secs(3600);
                 while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
                     let Ok((mut stream, _)) = listener.accept() else {
                         std::thread::sleep(Duration::from_millis(5));
