@@ -24,6 +24,7 @@ use hpcc_store::{DiskConfig, DiskStore};
 use hpcc_worker::audit::{AuditLog, AuditRow};
 use hpcc_worker::service::WorkerService;
 use hpcc_worker::sessions::SessionPool;
+use hpcc_worker::sources::SourceStore;
 use hpcc_worker::{StoreRootfs, Worker, WorkerSettings};
 
 use crate::idp::Idp;
@@ -32,36 +33,46 @@ use crate::{Case, Need, TestResult};
 
 const CAPACITY: u32 = 4;
 
-struct WorkerHandle {
-    id: String,
+pub(crate) struct WorkerHandle {
+    pub(crate) id: String,
     /// Makes its heartbeats report a full queue, so that placement avoids it.
     full: Arc<std::sync::atomic::AtomicBool>,
     address: String,
+    /// The worker's state directory, laid out as the worker binary's: `audit.tsv`,
+    /// `sources/`, `cache/`, `s/` (sessions) and `images` (a link to the shared image store).
+    pub(crate) dir: PathBuf,
     audit: PathBuf,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Scheduler, two workers, tenants A and B with their IdPs.
-struct Farmland {
-    runtime: tokio::runtime::Runtime,
+pub(crate) struct Farmland {
+    pub(crate) runtime: tokio::runtime::Runtime,
     idp_a: Idp,
     idp_b: Idp,
     key: RoutingKey,
     /// Kept so that the servers' state lives as long as the test.
     _scheduler: Arc<Scheduler>,
     scheduler_url: String,
-    workers: Vec<WorkerHandle>,
-    image: String,
+    pub(crate) workers: Vec<WorkerHandle>,
+    pub(crate) image: String,
+    /// The image store's root file systems, shared by the workers.
+    pub(crate) images: Arc<StoreRootfs>,
     _dirs: Vec<tempfile::TempDir>,
     _scheduler_shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
-fn text(error: impl std::fmt::Display) -> String {
+pub(crate) fn text(error: impl std::fmt::Display) -> String {
     error.to_string()
 }
 
 impl Farmland {
-    fn new() -> Result<Farmland, String> {
+    pub(crate) fn new() -> Result<Farmland, String> {
+        Farmland::with_source_retention(hpcc_core::config::DEFAULT_AUDIT_SOURCE_RETENTION)
+    }
+
+    /// A farm whose workers keep `retention` bytes of sources each.
+    pub(crate) fn with_source_retention(retention: u64) -> Result<Farmland, String> {
         let runtime = tokio::runtime::Runtime::new().map_err(text)?;
         let (layout, expected_digest) = crate::image::layout()?;
         let store_dir = layout.with_file_name("e2e-image-store");
@@ -117,6 +128,9 @@ impl Farmland {
                 Duration::from_secs(3_600),
             );
             let audit_path = dir.path().join("audit.tsv");
+            std::os::unix::fs::symlink(&store_dir, dir.path().join("images")).map_err(text)?;
+            let sources =
+                SourceStore::open(&dir.path().join("sources"), retention).map_err(text)?;
             let worker = Arc::new(Worker::new(
                 WorkerSettings {
                     id: id.into(),
@@ -129,6 +143,7 @@ impl Farmland {
                 images.clone(),
                 DiskStore::open(&dir.path().join("cache"), DiskConfig::default()).map_err(text)?,
                 AuditLog::open(&audit_path).map_err(text)?,
+                sources,
             ));
             let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
             let address = runtime.block_on(async {
@@ -197,6 +212,7 @@ impl Farmland {
                 full,
                 id: id.into(),
                 address,
+                dir: dir.path().to_owned(),
                 audit: audit_path,
                 _shutdown: shutdown,
             });
@@ -211,12 +227,13 @@ impl Farmland {
             scheduler_url,
             workers,
             image,
+            images,
             _dirs: dirs,
             _scheduler_shutdown: scheduler_shutdown,
         })
     }
 
-    fn farm(&self, tenant: &str) -> Result<Farm, String> {
+    pub(crate) fn farm(&self, tenant: &str) -> Result<Farm, String> {
         // The client connects lazily, which needs the runtime's reactor.
         let _entered = self.runtime.enter();
         Farm::new(FarmConfig {
@@ -231,12 +248,12 @@ impl Farmland {
         .map_err(text)
     }
 
-    fn token_a(&self) -> String {
+    pub(crate) fn token_a(&self) -> String {
         user_token(&self.idp_a, &self.idp_a.issuer(), now() + 600)
     }
 
     /// Makes worker `id` report a full queue from now on (after its next heartbeat).
-    fn fill(&self, id: &str) -> TestResult {
+    pub(crate) fn fill(&self, id: &str) -> TestResult {
         let worker = self
             .workers
             .iter()
@@ -249,7 +266,7 @@ impl Farmland {
         Ok(())
     }
 
-    fn audit_rows(&self, worker: usize) -> Result<Vec<AuditRow>, String> {
+    pub(crate) fn audit_rows(&self, worker: usize) -> Result<Vec<AuditRow>, String> {
         let text = std::fs::read_to_string(&self.workers[worker].audit).unwrap_or_default();
         text.lines()
             .map(|line| AuditRow::parse(line).map_err(|e| e.to_string()))
@@ -258,7 +275,7 @@ impl Farmland {
 }
 
 /// A small project: `count` C files sharing a header, under a `project` directory.
-fn project(count: usize) -> Result<(tempfile::TempDir, Vec<PathBuf>), String> {
+pub(crate) fn project(count: usize) -> Result<(tempfile::TempDir, Vec<PathBuf>), String> {
     let dir = tempfile::tempdir().map_err(text)?;
     let root = dir.path().join("project");
     std::fs::create_dir_all(root.join("include")).map_err(text)?;
@@ -284,7 +301,7 @@ fn project(count: usize) -> Result<(tempfile::TempDir, Vec<PathBuf>), String> {
 
 /// What the daemon does before a remote compile: `gcc -E`, then the project root becomes
 /// `/src` in the line markers.
-fn preprocess(source: &Path, defines: &[String]) -> Result<Vec<u8>, String> {
+pub(crate) fn preprocess(source: &Path, defines: &[String]) -> Result<Vec<u8>, String> {
     let root = source.parent().ok_or("a source has a directory")?;
     let output = Command::new("gcc")
         .current_dir(root)
@@ -348,7 +365,7 @@ fn same_gcc() -> Result<bool, String> {
     Ok(host.is_some() && host == inside)
 }
 
-fn request(source: Vec<u8>, flags: &[String]) -> RemoteRequest {
+pub(crate) fn request(source: Vec<u8>, flags: &[String]) -> RemoteRequest {
     RemoteRequest {
         compiler: "gcc".into(),
         language: "cpp-output".into(),
@@ -358,7 +375,7 @@ fn request(source: Vec<u8>, flags: &[String]) -> RemoteRequest {
     }
 }
 
-fn succeeded(outcome: &RemoteOutcome, what: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn succeeded(outcome: &RemoteOutcome, what: &str) -> Result<Vec<u8>, String> {
     if outcome.exit_code != 0 {
         return Err(format!(
             "{what}: exit {}: {}",

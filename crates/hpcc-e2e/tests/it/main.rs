@@ -6,10 +6,13 @@
 //! - `farm`: scheduler, two workers with the sandbox runtime, and the daemon's farm client:
 //!   outputs identical to local compiles and across workers, refusals without audit rows,
 //!   many concurrent compiles.
+//! - `audit`: audit rows re-run (`hpcc_worker::verify` and `hpcc-worker audit-verify`):
+//!   verified, tampered rows as mismatches or named errors, evicted sources.
 //!
 //! A test whose prerequisite is missing (root, debootstrap) prints `skipped: <name>: <reason>`
 //! and is reported as ignored, never as passed.
 
+mod audit;
 mod farm;
 mod idp;
 mod image;
@@ -54,6 +57,7 @@ fn main() {
     let mut cases: Vec<Case> = Vec::new();
     cases.extend(scheduler::cases());
     cases.extend(farm::cases());
+    cases.extend(audit::cases());
     let trials = cases
         .into_iter()
         .map(|(name, needs, body)| {
