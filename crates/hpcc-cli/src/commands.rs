@@ -1,5 +1,5 @@
-//! The user commands: `stats`, `config`, `clean`, `wrap`, `--help`, `--version`; `daemon`,
-//! `login` and `logout` exec `hpccd`.
+//! The user commands: `stats`, `config`, `clean`, `wrap`, the daemon's, `audit verify`,
+//! `--help`, `--version`; `daemon`, `login` and `logout` exec `hpccd`.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
@@ -38,6 +38,8 @@ usage: hpcc <compiler> [compiler args...]   compile through the cache
        hpcc daemon                          run the local daemon in the foreground
        hpcc start | stop | status           start it in the background, stop it, show it
        hpcc login [--status] | logout       get (or check, or drop) a remote-compilation token
+       hpcc audit verify --config worker.toml ROW | --log LOG [--line N]
+                                            re-run audited remote compiles on a worker
        hpcc --version | --help
 
 A symlink named gcc, g++, cc, c++, clang, clang++ pointing at hpcc also works: it finds the
@@ -61,6 +63,7 @@ pub fn dispatch(first: &OsStr, rest: &[OsString]) -> Option<ExitCode> {
         "start" => start_command(rest),
         "stop" => stop_command(rest),
         "status" => return Some(status_command(rest)),
+        "audit" => return Some(audit_command(rest)),
         "--version" | "-V" | "version" => {
             say!("hpcc {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -386,6 +389,34 @@ fn stop_command(rest: &[OsString]) -> Result<()> {
 }
 
 /// `hpcc status`: exit 0 and the daemon's state if one answers, else exit 1.
+/// `hpcc audit verify ARGS`: runs `hpcc-worker audit-verify ARGS` in this process's place.
+/// Re-running a job needs the worker's image store, retained sources and sandbox, which only
+/// `hpcc-worker` links (this binary must stay small), and its config (so `--config` names the
+/// worker's file); its exit code is the command's: 0 verified, 1 mismatch, 2 not checked.
+fn audit_command(rest: &[OsString]) -> ExitCode {
+    const WORKER: &str = "hpcc-worker";
+    if rest.first().map(OsString::as_os_str) != Some(OsStr::new("verify")) {
+        eprintln!(
+            "hpcc: audit: expected `verify` (hpcc audit verify --config worker.toml ROW | \
+             --log LOG [--line N])"
+        );
+        return ExitCode::from(2);
+    }
+    let worker = match crate::find::companion_binary(WORKER) {
+        Ok(worker) => worker,
+        Err(error) => {
+            eprintln!("hpcc: audit verify: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let error = std::process::Command::new(&worker)
+        .arg("audit-verify")
+        .args(&rest[1..])
+        .exec();
+    eprintln!("hpcc: audit verify: running {}: {error}", worker.display());
+    ExitCode::from(2)
+}
+
 fn status_command(rest: &[OsString]) -> ExitCode {
     let result = no_arguments("status", rest)
         .and_then(|()| Settings::load())

@@ -45,6 +45,24 @@ pub fn real_compiler(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBu
     )
 }
 
+/// Another hpcc executable, `name`: beside this one (as installed and as cargo builds them),
+/// else on `PATH`.
+pub fn companion_binary(name: &str) -> Result<PathBuf> {
+    if let Some(beside) = env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .filter(|path| path.is_file())
+    {
+        return Ok(beside);
+    }
+    env::var_os("PATH")
+        .iter()
+        .flat_map(env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| is_executable(path))
+        .with_context(|| format!("{name} is neither beside hpcc nor on PATH"))
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     path.metadata()

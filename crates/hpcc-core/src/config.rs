@@ -18,7 +18,10 @@ mod service;
 pub use farm::RemoteCompileConfig;
 
 pub use remote::{Backend, RemoteConfig, RemoteOptions};
-pub use service::{is_image_digest, SchedulerConfig, TenantConfig, TlsFiles, WorkerConfig};
+pub use service::{
+    is_image_digest, SchedulerConfig, TenantConfig, TlsFiles, WorkerConfig,
+    DEFAULT_AUDIT_SOURCE_RETENTION,
+};
 
 /// Environment variables that start with `HPCC_` but are not config keys
 /// (`HPCC_CLIENT_SECRET` is the OAuth2 client secret `hpcc login --client-credentials` reads).

@@ -1,5 +1,28 @@
-//! The audit log: one TSV row per job, `(image_digest, source_digest, flags, output_digest,
-//! tenant, worker, vm, duration_ms, exit)`, appended durably.
+//! The audit log: one TSV row per job, appended durably.
+//!
+//! # Format
+//!
+//! One line per job, nine tab-separated columns, no header line:
+//!
+//! ```text
+//! image_digest  source_digest  flags  output_digest  tenant  worker  vm  duration_ms  exit
+//! ```
+//!
+//! - `image_digest`: the toolchain image, `sha256:<64 hex>`;
+//! - `source_digest`: BLAKE3 of the preprocessed source, 64 hex; the source itself is kept
+//!   under `<state_dir>/sources/<source_digest>.zst` for a while ([`crate::sources`]);
+//! - `flags`: the whole command the session ran, as [`crate::policy::job_argv`] builds it:
+//!   `<driver> <injected flags> <client flags> -x <language> -c in.i -o out.o`, each word
+//!   escaped and the words separated by single spaces;
+//! - `output_digest`: BLAKE3 of the object, 64 hex, or empty when there was none;
+//! - `tenant`, `worker`, `vm` (the session, `cache` for a hit), `duration_ms`, `exit` (the
+//!   compiler's exit code; -1 for a signal or a timeout).
+//!
+//! Together the image, the source and the command are everything a job's object depends on,
+//! so a row can be re-run and its output digest checked ([`crate::verify`]). Rows written
+//! before the command was recorded whole have only `<injected flags> <client flags>` in
+//! `flags` (no driver, no language); they still parse, but cannot be re-run. Extra outputs
+//! (a `.dwo`) are not audited.
 //!
 //! A row is formatted whole and written with one `write` to a file opened `O_APPEND`, then
 //! `fdatasync`ed before the job's result is returned: rows from concurrent jobs never
@@ -21,7 +44,8 @@ pub struct AuditRow {
     pub image_digest: String,
     /// BLAKE3 of the source, hex.
     pub source_digest: String,
-    /// The whole compile command after the compiler: injected flags, then the client's.
+    /// The whole command the session ran: the driver, the injected flags, the client's, then
+    /// `-x <language> -c in.i -o out.o` ([`crate::policy::job_argv`]).
     pub flags: Vec<String>,
     /// BLAKE3 of the object, hex; empty when the compile failed.
     pub output_digest: String,
@@ -39,8 +63,30 @@ pub struct AuditRow {
 
 /// Why a row could not be read back.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("audit row: {0}")]
-pub struct RowError(String);
+#[non_exhaustive]
+pub enum RowError {
+    /// The line does not have nine columns.
+    #[error("audit row: {0} tab-separated fields, not 9 (a torn or truncated line?)")]
+    Columns(usize),
+    /// One column is malformed.
+    #[error("audit row: field {field}: {message}")]
+    Field {
+        /// The column's name (`image_digest`, `flags`, ...).
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl RowError {
+    /// A malformed `field`.
+    pub fn field(field: &'static str, message: impl Into<String>) -> RowError {
+        RowError::Field {
+            field,
+            message: message.into(),
+        }
+    }
+}
 
 fn escape(field: &str) -> String {
     let mut out = String::with_capacity(field.len());
@@ -57,7 +103,7 @@ fn escape(field: &str) -> String {
     out
 }
 
-fn unescape(field: &str) -> Result<String, RowError> {
+fn unescape(name: &'static str, field: &str) -> Result<String, RowError> {
     let mut out = String::with_capacity(field.len());
     let mut chars = field.chars();
     while let Some(c) = chars.next() {
@@ -71,7 +117,8 @@ fn unescape(field: &str) -> Result<String, RowError> {
             Some('n') => out.push('\n'),
             Some('r') => out.push('\r'),
             Some('s') => out.push(' '),
-            other => return Err(RowError(format!("bad escape \\{other:?}"))),
+            Some(other) => return Err(RowError::field(name, format!("bad escape \\{other}"))),
+            None => return Err(RowError::field(name, "a lone \\ at the end")),
         }
     }
     Ok(out)
@@ -103,27 +150,30 @@ impl AuditRow {
         let line = line.strip_suffix('\n').unwrap_or(line);
         let fields: Vec<&str> = line.split('\t').collect();
         let [image, source, flags, output, tenant, worker, vm, duration, exit] = fields[..] else {
-            return Err(RowError(format!("{} fields, not 9", fields.len())));
+            return Err(RowError::Columns(fields.len()));
         };
         let flags = if flags.is_empty() {
             Vec::new()
         } else {
-            flags.split(' ').map(unescape).collect::<Result<_, _>>()?
+            flags
+                .split(' ')
+                .map(|word| unescape("flags", word))
+                .collect::<Result<_, _>>()?
         };
         Ok(AuditRow {
-            image_digest: unescape(image)?,
-            source_digest: unescape(source)?,
+            image_digest: unescape("image_digest", image)?,
+            source_digest: unescape("source_digest", source)?,
             flags,
-            output_digest: unescape(output)?,
-            tenant: unescape(tenant)?,
-            worker: unescape(worker)?,
-            vm: unescape(vm)?,
-            duration_ms: duration
-                .parse()
-                .map_err(|_| RowError(format!("duration {duration:?}")))?,
+            output_digest: unescape("output_digest", output)?,
+            tenant: unescape("tenant", tenant)?,
+            worker: unescape("worker", worker)?,
+            vm: unescape("vm", vm)?,
+            duration_ms: duration.parse().map_err(|_| {
+                RowError::field("duration_ms", format!("{duration:?} is not a count"))
+            })?,
             exit: exit
                 .parse()
-                .map_err(|_| RowError(format!("exit {exit:?}")))?,
+                .map_err(|_| RowError::field("exit", format!("{exit:?} is not an exit code")))?,
         })
     }
 }
@@ -203,8 +253,19 @@ mod tests {
             assert_eq!(line.matches('\t').count(), 8, "{line:?}");
             assert_eq!(AuditRow::parse(&line), Ok(original));
         }
-        assert!(AuditRow::parse("a\tb\tc").is_err(), "a torn row is refused");
-        assert!(AuditRow::parse("a\tb\tc\td\te\tf\tg\tsoon\t0").is_err());
+        assert_eq!(
+            AuditRow::parse("a\tb\tc"),
+            Err(RowError::Columns(3)),
+            "a torn row is refused"
+        );
+        let named = |line: &str, name: &str| match AuditRow::parse(line) {
+            Err(RowError::Field { field, .. }) => assert_eq!(field, name, "{line:?}"),
+            other => panic!("{line:?}: {other:?}"),
+        };
+        named("a\tb\tc\td\te\tf\tg\tsoon\t0", "duration_ms");
+        named("a\tb\tc\td\te\tf\tg\t1\tzero", "exit");
+        named("a\\q\tb\tc\td\te\tf\tg\t1\t0", "image_digest");
+        named("a\tb\t-O2 -D\\\td\te\tf\tg\t1\t0", "flags");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! expiry, this worker, the tenant and image of the request); [`Worker::compile`] looks the
 //! job up in the worker's cache, else runs it through a warm session of the [`Runtime`]
 //! (`hpcc-runtime`) for that tenant and image, with the reproducibility flags of [`policy`]
-//! injected, stores a successful result, and writes one [`audit`] row either way.
-//! [`service`] is the tonic adapter (streaming, zstd per message, cancellation).
+//! injected, stores a successful result, keeps the source ([`sources`]) and writes one
+//! [`audit`] row either way. [`service`] is the tonic adapter (streaming, zstd per message,
+//! cancellation). [`verify`] re-runs an audited job in a fresh session and checks its output.
 //!
 //! In paranoid mode only workers touch the cache: nothing in the protocol lets a client
 //! supply an output, and the worker's cache is the worker's own store.
@@ -16,6 +17,8 @@ pub mod audit;
 pub mod policy;
 pub mod service;
 pub mod sessions;
+pub mod sources;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,12 +30,16 @@ use hpcc_core::digest::Digest;
 use hpcc_core::entry::{ResultEntry, SectionKind};
 use hpcc_proto::agent::{EnvVar, JobHeader};
 use hpcc_runtime::agent_client::{run_job, InputFile};
-use hpcc_runtime::{Limits, RuntimeError, SessionSpec};
+use hpcc_runtime::{AgentStream, Limits, RuntimeError, SessionSpec};
 use hpcc_store::{DiskStore, Kind, Lookup};
 
 use crate::audit::{AuditLog, AuditRow};
-use crate::policy::{cache_key, check_flags, injected_flags, KeyInputs, RefusedFlag};
+use crate::policy::{
+    cache_key, check_flags, injected_flags, job_argv, KeyInputs, RefusedFlag, OBJECT_FILE,
+    SOURCE_FILE,
+};
 use crate::sessions::SessionPool;
+use crate::sources::SourceStore;
 
 /// Where a worker finds the flattened root file system of an image.
 pub trait Rootfs: Send + Sync {
@@ -147,6 +154,7 @@ pub struct Worker {
     images: Arc<dyn Rootfs>,
     cache: DiskStore,
     audit: AuditLog,
+    sources: Arc<SourceStore>,
     load: AtomicU32,
     queued: AtomicU32,
     permits: tokio::sync::Semaphore,
@@ -195,11 +203,73 @@ impl Drop for LoadGuard<'_> {
     }
 }
 
-const OBJECT: &str = "out.o";
-const SOURCE: &str = "in.i";
+/// What a job run in a session came to, before it is cached or audited.
+pub(crate) struct Ran {
+    pub(crate) exit_code: i32,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
+    /// The object, only when the compiler succeeded.
+    pub(crate) object: Option<Vec<u8>>,
+    pub(crate) extras: Vec<(String, Vec<u8>)>,
+}
+
+/// Runs `argv` over `stream` (a fresh connection to the agent of session `session_id`) with
+/// `source` staged as [`SOURCE_FILE`], collecting the object and `extra_outputs`. The one
+/// place a job's exit code is derived, so the worker and [`verify`] agree on it.
+pub(crate) async fn execute(
+    stream: Box<dyn AgentStream>,
+    session_id: &str,
+    job_id: String,
+    argv: Vec<String>,
+    source: Vec<u8>,
+    extra_outputs: &[String],
+    limits: &Limits,
+) -> Result<Ran, WorkerError> {
+    let mut outputs = vec![OBJECT_FILE.to_owned()];
+    outputs.extend(extra_outputs.iter().cloned());
+    let header = JobHeader {
+        job_id,
+        argv,
+        cwd: String::new(),
+        env: Vec::<EnvVar>::new(),
+        outputs,
+        timeout_ms: u64::try_from(limits.job_timeout.as_millis()).unwrap_or(u64::MAX),
+        max_output_bytes: 0,
+    };
+    let inputs = vec![InputFile {
+        path: SOURCE_FILE.into(),
+        mode: 0o644,
+        data: source,
+    }];
+    let outcome = run_job(session_id, stream, header, inputs).await?;
+    if !outcome.result.refused.is_empty() {
+        return Err(WorkerError::BadRequest(outcome.result.refused));
+    }
+    let mut object = None;
+    let mut extras = Vec::new();
+    for file in outcome.outputs {
+        if file.path == OBJECT_FILE {
+            object = Some(file.data);
+        } else {
+            extras.push((file.path, file.data));
+        }
+    }
+    let exit_code = if outcome.result.signal != 0 || outcome.result.timed_out {
+        -1
+    } else {
+        outcome.result.exit_code
+    };
+    Ok(Ran {
+        exit_code,
+        stdout: outcome.stdout,
+        stderr: outcome.stderr,
+        object: if exit_code == 0 { object } else { None },
+        extras,
+    })
+}
 
 impl Worker {
-    /// A worker with its parts.
+    /// A worker with its parts; `sources` keeps every audited job's source.
     pub fn new(
         settings: WorkerSettings,
         verifier: RoutingVerifier,
@@ -207,6 +277,7 @@ impl Worker {
         images: Arc<dyn Rootfs>,
         cache: DiskStore,
         audit: AuditLog,
+        sources: SourceStore,
     ) -> Worker {
         Worker {
             permits: tokio::sync::Semaphore::new(
@@ -218,6 +289,7 @@ impl Worker {
             images,
             cache,
             audit,
+            sources: Arc::new(sources),
             load: AtomicU32::new(0),
             queued: AtomicU32::new(0),
             source_budget: SourceBudget::new(SOURCE_BUDGET_BYTES),
@@ -252,6 +324,11 @@ impl Worker {
         self.settings.capacity
     }
 
+    /// The retained sources.
+    pub fn sources(&self) -> &SourceStore {
+        &self.sources
+    }
+
     /// The session pool (for reaping and heartbeats).
     pub fn pool(&self) -> &SessionPool {
         &self.pool
@@ -279,7 +356,7 @@ impl Worker {
     }
 
     /// Runs `job` (already authorized): from the cache, else in a session.
-    pub async fn compile(&self, job: CompileJob) -> Result<CompileOutput, WorkerError> {
+    pub async fn compile(&self, mut job: CompileJob) -> Result<CompileOutput, WorkerError> {
         let started = Instant::now();
         if !policy::COMPILERS.contains(&job.compiler.as_str()) {
             return Err(WorkerError::BadRequest(format!(
@@ -331,14 +408,24 @@ impl Worker {
             Some(output) => output,
             None => self.run(&job, &injected, &key).await?,
         };
+        // The source is kept before the row is written, so a row on disk has had its source
+        // kept (until eviction). Failing to keep it is logged, not fatal: the row then cannot
+        // be re-run, as after an eviction.
+        let sources = Arc::clone(&self.sources);
+        let source = std::mem::take(&mut job.source);
+        let retained =
+            tokio::task::spawn_blocking(move || sources.put(&source_digest, &source)).await;
+        match retained {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "keeping the source of a job"),
+            Err(error) => tracing::warn!(%error, "keeping the source of a job"),
+        }
         output.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         output.injected = injected.clone();
-        let mut flags = injected;
-        flags.extend(job.flags.iter().cloned());
         let row = AuditRow {
             image_digest: job.image.clone(),
             source_digest: source_digest.to_hex(),
-            flags,
+            flags: job_argv(&job.compiler, &job.language, &injected, &job.flags),
             output_digest: output
                 .object
                 .as_deref()
@@ -399,63 +486,30 @@ impl Worker {
             source_date_epoch: self.settings.source_date_epoch,
         };
         let lease = self.pool.lease(&spec, Instant::now()).await?;
-        let mut argv = vec![job.compiler.clone()];
-        argv.extend(injected.iter().cloned());
-        argv.extend(job.flags.iter().cloned());
-        argv.extend(
-            ["-x", &job.language, "-c", SOURCE, "-o", OBJECT]
-                .iter()
-                .map(|word| (*word).to_owned()),
-        );
-        let mut outputs = vec![OBJECT.to_owned()];
-        outputs.extend(job.extra_outputs.iter().cloned());
-        let header = JobHeader {
-            job_id: key.to_hex(),
-            argv,
-            cwd: String::new(),
-            env: Vec::<EnvVar>::new(),
-            outputs,
-            timeout_ms: u64::try_from(self.settings.limits.job_timeout.as_millis())
-                .unwrap_or(u64::MAX),
-            max_output_bytes: 0,
-        };
-        let inputs = vec![InputFile {
-            path: SOURCE.into(),
-            mode: 0o644,
-            data: job.source.clone(),
-        }];
+        let argv = job_argv(&job.compiler, &job.language, injected, &job.flags);
         let result = async {
             let stream = lease.shared.connect().await?;
-            run_job(lease.shared.id(), stream, header, inputs).await
+            execute(
+                stream,
+                lease.shared.id(),
+                key.to_hex(),
+                argv,
+                job.source.clone(),
+                &job.extra_outputs,
+                &self.settings.limits,
+            )
+            .await
         }
         .await;
         let session_id = lease.shared.id().to_owned();
         self.pool.release(lease, Instant::now()).await;
-        let outcome = result?;
-        if !outcome.result.refused.is_empty() {
-            return Err(WorkerError::BadRequest(outcome.result.refused));
-        }
-        let mut object = None;
-        let mut extras = Vec::new();
-        for file in outcome.outputs {
-            if file.path == OBJECT {
-                object = Some(file.data);
-            } else {
-                extras.push((file.path, file.data));
-            }
-        }
-        let exit_code = if outcome.result.signal != 0 || outcome.result.timed_out {
-            -1
-        } else {
-            outcome.result.exit_code
-        };
-        let object = if exit_code == 0 { object } else { None };
-        if let (0, Some(object)) = (exit_code, &object) {
+        let ran = result?;
+        if let (0, Some(object)) = (ran.exit_code, &ran.object) {
             let mut entry = ResultEntry::default();
             entry.set(SectionKind::Object, object.clone());
-            entry.set(SectionKind::Stdout, outcome.stdout.clone());
-            entry.set(SectionKind::Stderr, outcome.stderr.clone());
-            if let Some((_, dwo)) = extras.first() {
+            entry.set(SectionKind::Stdout, ran.stdout.clone());
+            entry.set(SectionKind::Stderr, ran.stderr.clone());
+            if let Some((_, dwo)) = ran.extras.first() {
                 entry.set(SectionKind::Dwo, dwo.clone());
             }
             if let Err(error) = self.cache.put(Kind::Result, key, &entry.encode()) {
@@ -463,11 +517,11 @@ impl Worker {
             }
         }
         Ok(CompileOutput {
-            exit_code,
-            stdout: outcome.stdout,
-            stderr: outcome.stderr,
-            object,
-            extras,
+            exit_code: ran.exit_code,
+            stdout: ran.stdout,
+            stderr: ran.stderr,
+            object: ran.object,
+            extras: ran.extras,
             cache_hit: false,
             session_id,
             duration_ms: 0,

@@ -1,5 +1,6 @@
 //! What a worker runs for a compile request: the client's flags, checked, behind the
-//! reproducibility flags the worker injects; and the key of the worker's cache.
+//! reproducibility flags the worker injects ([`job_argv`], and its inverse [`JobCommand::parse`]
+//! for audit rows); and the key of the worker's cache.
 //!
 //! Injected for GCC and Clang, before the client's flags:
 //! - `-ffile-prefix-map=/src=.`: clients rewrite their project root to `/src` in the line
@@ -30,6 +31,131 @@ pub fn injected_flags(source_digest: &Digest) -> Vec<String> {
         "-Werror=date-time".into(),
         format!("-frandom-seed={}", source_digest.to_hex()),
     ]
+}
+
+/// The name of the staged source in a job's directory.
+pub const SOURCE_FILE: &str = "in.i";
+
+/// The name of the object in a job's directory.
+pub const OBJECT_FILE: &str = "out.o";
+
+/// The argv a session runs for a job: `compiler`, the `injected` flags, the client's `flags`,
+/// then `-x <language> -c in.i -o out.o`. Audit rows record exactly this.
+pub fn job_argv(
+    compiler: &str,
+    language: &str,
+    injected: &[String],
+    flags: &[String],
+) -> Vec<String> {
+    let mut argv = Vec::with_capacity(injected.len() + flags.len() + 7);
+    argv.push(compiler.to_owned());
+    argv.extend(injected.iter().cloned());
+    argv.extend(flags.iter().cloned());
+    argv.extend(
+        ["-x", language, "-c", SOURCE_FILE, "-o", OBJECT_FILE]
+            .iter()
+            .map(|word| (*word).to_owned()),
+    );
+    argv
+}
+
+/// A job's command, read back from the argv an audit row recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCommand {
+    /// The driver.
+    pub compiler: String,
+    /// The source language.
+    pub language: String,
+    /// The injected flags (those of [`injected_flags`] for the row's source).
+    pub injected: Vec<String>,
+    /// The client's flags.
+    pub flags: Vec<String>,
+}
+
+/// Why a recorded argv is not a command this worker would run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The argv is empty.
+    #[error("the command is empty")]
+    Empty,
+    /// The argv starts with a flag: a row from before the command was recorded whole.
+    #[error(
+        "the command starts with {0:?}, not a compiler driver (a row written before rows \
+         recorded the whole command; it cannot be re-run)"
+    )]
+    NoDriver(String),
+    /// A driver the worker does not run.
+    #[error("driver {0:?} is not one a worker runs")]
+    Driver(String),
+    /// The argv does not end as [`job_argv`] ends it.
+    #[error("the command does not end with `-x <language> -c in.i -o out.o`")]
+    Tail,
+    /// A language the worker does not compile.
+    #[error("language {0:?} is not a preprocessed source's")]
+    Language(String),
+    /// The flags after the driver are not the injected ones for the source.
+    #[error("the command does not start with the flags injected for source {source_digest}: {expected:?}")]
+    Injected {
+        /// The row's source digest.
+        source_digest: String,
+        /// The flags the policy injects for it.
+        expected: Vec<String>,
+    },
+    /// A client flag the worker refuses.
+    #[error(transparent)]
+    Flag(#[from] RefusedFlag),
+}
+
+impl JobCommand {
+    /// Reads back an argv built by [`job_argv`] for a source with `source_digest`, and checks
+    /// that it is a command this worker would run: a known driver and language, exactly the
+    /// injected flags of this policy, client flags that [`check_flags`] accepts.
+    pub fn parse(argv: &[String], source_digest: &Digest) -> Result<JobCommand, CommandError> {
+        let (compiler, rest) = argv.split_first().ok_or(CommandError::Empty)?;
+        if compiler.starts_with('-') {
+            return Err(CommandError::NoDriver(compiler.clone()));
+        }
+        if !COMPILERS.contains(&compiler.as_str()) {
+            return Err(CommandError::Driver(compiler.clone()));
+        }
+        let (middle, tail) = rest
+            .split_at_checked(rest.len().saturating_sub(6))
+            .ok_or(CommandError::Tail)?;
+        let [dash_x, language, dash_c, source, dash_o, object] = tail else {
+            return Err(CommandError::Tail);
+        };
+        let fixed = [dash_x, dash_c, source, dash_o, object];
+        if fixed
+            .iter()
+            .zip(["-x", "-c", SOURCE_FILE, "-o", OBJECT_FILE])
+            .any(|(word, wanted)| word.as_str() != wanted)
+        {
+            return Err(CommandError::Tail);
+        }
+        if !LANGUAGES.contains(&language.as_str()) {
+            return Err(CommandError::Language(language.clone()));
+        }
+        let expected = injected_flags(source_digest);
+        let Some(flags) = middle.strip_prefix(expected.as_slice()) else {
+            return Err(CommandError::Injected {
+                source_digest: source_digest.to_hex(),
+                expected,
+            });
+        };
+        check_flags(flags)?;
+        Ok(JobCommand {
+            compiler: compiler.clone(),
+            language: language.clone(),
+            injected: expected,
+            flags: flags.to_vec(),
+        })
+    }
+
+    /// The argv again ([`job_argv`]).
+    pub fn argv(&self) -> Vec<String> {
+        job_argv(&self.compiler, &self.language, &self.injected, &self.flags)
+    }
 }
 
 /// Options that name inputs or outputs the worker does not stage, change what is run, or
@@ -192,6 +318,61 @@ mod tests {
             "-D\0",
         ] {
             check(&["-O2", bad], false);
+        }
+    }
+
+    fn words(text: &str) -> Vec<String> {
+        text.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn recorded_commands_read_back_only_if_a_worker_would_run_them() {
+        let digest = Digest::of(b"int x;");
+        let injected = injected_flags(&digest);
+        let flags = words("-O2 -g -DMSG=a\tb");
+        let argv = job_argv("g++", "c++-cpp-output", &injected, &flags);
+        assert_eq!(argv[0], "g++");
+        assert_eq!(argv[1..=injected.len()], injected[..]);
+        assert_eq!(
+            argv[argv.len() - 6..],
+            words("-x c++-cpp-output -c in.i -o out.o")[..]
+        );
+        let command = JobCommand::parse(&argv, &digest).expect("a worker's own command");
+        assert_eq!(command.flags, flags);
+        assert_eq!(command.argv(), argv);
+        let no_flags = job_argv("gcc", "cpp-output", &injected, &[]);
+        assert_eq!(
+            JobCommand::parse(&no_flags, &digest).map(|command| command.flags),
+            Ok(Vec::new())
+        );
+
+        let replaced = |index: usize, word: &str| {
+            let mut changed = argv.clone();
+            changed[index] = word.to_owned();
+            JobCommand::parse(&changed, &digest)
+        };
+        let last = argv.len() - 1;
+        let old_row: Vec<String> = injected.iter().chain(&flags).cloned().collect();
+        let cases: Vec<(Result<JobCommand, CommandError>, &str)> = vec![
+            (JobCommand::parse(&[], &digest), "empty"),
+            (
+                JobCommand::parse(&old_row, &digest),
+                "not a compiler driver",
+            ),
+            (replaced(0, "sh"), "driver \"sh\""),
+            (replaced(last, "/etc/passwd"), "does not end with"),
+            (replaced(last - 4, "c"), "language \"c\""),
+            (replaced(4, "-frandom-seed=0"), "injected for source"),
+            (replaced(injected.len() + 1, "-fplugin=x.so"), "fplugin"),
+            (JobCommand::parse(&argv[..5], &digest), "does not end with"),
+            (
+                JobCommand::parse(&argv, &Digest::of(b"other")),
+                "injected for source",
+            ),
+        ];
+        for (result, needle) in cases {
+            let error = result.expect_err(needle).to_string();
+            assert!(error.contains(needle), "{needle}: {error}");
         }
     }
 

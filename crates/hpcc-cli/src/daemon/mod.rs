@@ -38,20 +38,7 @@ use crate::settings::Settings;
 /// The `hpccd` executable: beside this one (as installed and as cargo builds them), else on
 /// `PATH`.
 pub fn daemon_binary() -> Result<PathBuf> {
-    const NAME: &str = "hpccd";
-    if let Some(beside) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(NAME)))
-        .filter(|path| path.is_file())
-    {
-        return Ok(beside);
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(NAME))
-        .find(|path| path.is_file())
-        .with_context(|| format!("{NAME} is neither beside hpcc nor on PATH"))
+    crate::find::companion_binary("hpccd")
 }
 
 /// Where the daemon for one cache and configuration listens and leaves its files.

@@ -740,6 +740,46 @@ fn command_argument_errors() -> TestResult {
     Ok(())
 }
 
+/// `hpcc audit verify ...` hands over to `hpcc-worker audit-verify ...`: beside hpcc when it
+/// is built there, else on `PATH` (empty here). Either way a row that cannot be checked exits
+/// 2 naming the worker or its config.
+fn audit_verify_hands_over_to_the_worker() -> TestResult {
+    let sandbox = Sandbox::new();
+    for args in [&["audit"][..], &["audit", "check"][..]] {
+        let out = sandbox.hpcc(args);
+        ensure!(
+            out.status.code() == Some(2) && harness::contains(&out.stderr, b"expected `verify`"),
+            "`hpcc {}`: {} {}",
+            args.join(" "),
+            out.status,
+            harness::text(&out.stderr)
+        );
+    }
+    let empty = sandbox.base.join("empty-path");
+    fs::create_dir_all(&empty).ctx("creating an empty PATH directory")?;
+    let missing = sandbox.base.join("no-worker.toml");
+    let out = sandbox
+        .hpcc_command(&[
+            "audit",
+            "verify",
+            "--config",
+            harness::arg(&missing),
+            "a\tb",
+        ])
+        .env("PATH", &empty)
+        .output()
+        .ctx("running hpcc audit verify")?;
+    let stderr = harness::text(&out.stderr);
+    let handed_over = stderr.contains(harness::arg(&missing));
+    let not_found = stderr.contains("hpcc-worker is neither beside hpcc nor on PATH");
+    ensure!(
+        out.status.code() == Some(2) && (handed_over || not_found),
+        "hpcc audit verify: {} {stderr}",
+        out.status
+    );
+    Ok(())
+}
+
 fn no_arguments() -> TestResult {
     let sandbox = Sandbox::new();
     let out = sandbox.hpcc(&[]);
@@ -941,6 +981,11 @@ pub fn cases() -> Vec<crate::Case> {
             command_argument_errors,
         ),
         ("invocation::no_arguments", &[], no_arguments),
+        (
+            "invocation::audit_verify_hands_over_to_the_worker",
+            &[],
+            audit_verify_hands_over_to_the_worker,
+        ),
         ("invocation::non_utf8_arguments", GCC, non_utf8_arguments),
         (
             "invocation::non_utf8_source_name_is_cached",

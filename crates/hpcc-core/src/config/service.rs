@@ -133,6 +133,14 @@ fn default_max_ttl() -> u64 {
     3_600
 }
 
+/// 4 GiB of compressed sources: at the usual tenfold compression of preprocessed C++, tens of
+/// thousands of jobs.
+pub const DEFAULT_AUDIT_SOURCE_RETENTION: u64 = 4 << 30;
+
+fn default_audit_source_retention() -> u64 {
+    DEFAULT_AUDIT_SOURCE_RETENTION
+}
+
 /// The worker's file (`hpcc-worker --config FILE`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,7 +176,8 @@ pub struct WorkerConfig {
     /// Compiles at once.
     #[serde(default = "default_capacity")]
     pub capacity: u32,
-    /// Where images, flattened root file systems, the cache and the audit log live.
+    /// Where images, flattened root file systems, the cache, the audit log (`audit.tsv`) and
+    /// the retained sources (`sources/`) live.
     pub state_dir: PathBuf,
     /// The `hpcc-agent` binary run as PID 1 of each session.
     pub agent: PathBuf,
@@ -190,6 +199,12 @@ pub struct WorkerConfig {
     /// Only workers read and write the cache; clients are told to hold no store credentials.
     #[serde(default)]
     pub paranoid: bool,
+    /// Bytes of zstd-compressed job sources kept in `<state_dir>/sources` so that audit rows
+    /// can be re-run (`hpcc-worker audit-verify`); the oldest are evicted past it, and 0 keeps
+    /// none. A deployment that must be able to re-run every audited job sizes this to its
+    /// audit retention and mounts durable storage at `<state_dir>/sources`.
+    #[serde(default = "default_audit_source_retention")]
+    pub audit_source_retention: u64,
 }
 
 impl WorkerConfig {
@@ -261,6 +276,34 @@ mod tests {
             assert!(error.to_string().contains(needle), "{needle}: {error}");
         }
         assert!(is_image_digest(IMAGE));
+    }
+
+    #[test]
+    fn worker_files_parse_with_a_source_retention() {
+        let text = r#"
+            id = "w1"
+            listen = "127.0.0.1:0"
+            insecure_plaintext = true
+            scheduler = "http://127.0.0.1:1"
+            worker_secret_file = "/s"
+            routing_public_key = "AAAA"
+            state_dir = "/var/lib/hpcc-worker"
+            agent = "/usr/lib/hpcc/hpcc-agent"
+            "#;
+        let config = WorkerConfig::parse(Path::new("w.toml"), text).expect("valid");
+        assert_eq!(
+            config.audit_source_retention,
+            DEFAULT_AUDIT_SOURCE_RETENTION
+        );
+        let sized = format!("{text}\naudit_source_retention = 1048576\n");
+        let config = WorkerConfig::parse(Path::new("w.toml"), &sized).expect("valid");
+        assert_eq!(config.audit_source_retention, 1 << 20);
+        let negative = format!("{text}\naudit_source_retention = -1\n");
+        let error = WorkerConfig::parse(Path::new("w.toml"), &negative).expect_err("negative");
+        assert!(error.to_string().contains("w.toml"), "{error}");
+        let misspelt = format!("{text}\naudit_source_retain = 1\n");
+        let error = WorkerConfig::parse(Path::new("w.toml"), &misspelt).expect_err("unknown");
+        assert!(error.to_string().contains("audit_source_retain"), "{error}");
         assert!(!is_image_digest("sha256:ABC"));
     }
 }

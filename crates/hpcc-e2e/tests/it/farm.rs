@@ -24,6 +24,7 @@ use hpcc_store::{DiskConfig, DiskStore};
 use hpcc_worker::audit::{AuditLog, AuditRow};
 use hpcc_worker::service::WorkerService;
 use hpcc_worker::sessions::SessionPool;
+use hpcc_worker::sources::SourceStore;
 use hpcc_worker::{StoreRootfs, Worker, WorkerSettings};
 
 use crate::idp::Idp;
@@ -32,11 +33,14 @@ use crate::{Case, Need, TestResult};
 
 const CAPACITY: u32 = 4;
 
-struct WorkerHandle {
-    id: String,
+pub(crate) struct WorkerHandle {
+    pub(crate) id: String,
     /// Makes its heartbeats report a full queue, so that placement avoids it.
     full: Arc<std::sync::atomic::AtomicBool>,
     address: String,
+    /// The worker's state directory, laid out as the worker binary's: `audit.tsv`,
+    /// `sources/`, `cache/`, `s/` (sessions) and `images` (a link to the shared image store).
+    pub(crate) dir: PathBuf,
     audit: PathBuf,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -50,23 +54,34 @@ pub(crate) struct Farmland {
     /// Kept so that the servers' state lives as long as the test.
     _scheduler: Arc<Scheduler>,
     pub(crate) scheduler_url: String,
-    workers: Vec<WorkerHandle>,
+    pub(crate) workers: Vec<WorkerHandle>,
     pub(crate) image: String,
+    /// The image store's root file systems, shared by the workers.
+    pub(crate) images: Arc<StoreRootfs>,
     _dirs: Vec<tempfile::TempDir>,
     _scheduler_shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
-fn text(error: impl std::fmt::Display) -> String {
+pub(crate) fn text(error: impl std::fmt::Display) -> String {
     error.to_string()
 }
 
 impl Farmland {
     pub(crate) fn new() -> Result<Farmland, String> {
-        Farmland::with_workers(2)
+        Farmland::build(2, hpcc_core::config::DEFAULT_AUDIT_SOURCE_RETENTION)
     }
 
     /// A scheduler with `count` in-process workers (`w1`, `w2`; at most two).
     pub(crate) fn with_workers(count: usize) -> Result<Farmland, String> {
+        Farmland::build(count, hpcc_core::config::DEFAULT_AUDIT_SOURCE_RETENTION)
+    }
+
+    /// A farm whose workers keep `retention` bytes of sources each.
+    pub(crate) fn with_source_retention(retention: u64) -> Result<Farmland, String> {
+        Farmland::build(2, retention)
+    }
+
+    fn build(count: usize, retention: u64) -> Result<Farmland, String> {
         let runtime = tokio::runtime::Runtime::new().map_err(text)?;
         let (layout, expected_digest) = crate::image::layout()?;
         let store_dir = layout.with_file_name("e2e-image-store");
@@ -122,6 +137,9 @@ impl Farmland {
                 Duration::from_secs(3_600),
             );
             let audit_path = dir.path().join("audit.tsv");
+            std::os::unix::fs::symlink(&store_dir, dir.path().join("images")).map_err(text)?;
+            let sources =
+                SourceStore::open(&dir.path().join("sources"), retention).map_err(text)?;
             let worker = Arc::new(Worker::new(
                 WorkerSettings {
                     id: id.into(),
@@ -134,6 +152,7 @@ impl Farmland {
                 images.clone(),
                 DiskStore::open(&dir.path().join("cache"), DiskConfig::default()).map_err(text)?,
                 AuditLog::open(&audit_path).map_err(text)?,
+                sources,
             ));
             let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
             let address = runtime.block_on(async {
@@ -202,6 +221,7 @@ impl Farmland {
                 full,
                 id: id.into(),
                 address,
+                dir: dir.path().to_owned(),
                 audit: audit_path,
                 _shutdown: shutdown,
             });
@@ -216,6 +236,7 @@ impl Farmland {
             scheduler_url,
             workers,
             image,
+            images,
             _dirs: dirs,
             _scheduler_shutdown: scheduler_shutdown,
         })
@@ -241,7 +262,7 @@ impl Farmland {
     }
 
     /// Makes worker `id` report a full queue from now on (after its next heartbeat).
-    fn fill(&self, id: &str) -> TestResult {
+    pub(crate) fn fill(&self, id: &str) -> TestResult {
         let worker = self
             .workers
             .iter()
@@ -263,7 +284,7 @@ impl Farmland {
 }
 
 /// A small project: `count` C files sharing a header, under a `project` directory.
-fn project(count: usize) -> Result<(tempfile::TempDir, Vec<PathBuf>), String> {
+pub(crate) fn project(count: usize) -> Result<(tempfile::TempDir, Vec<PathBuf>), String> {
     let dir = tempfile::tempdir().map_err(text)?;
     let root = dir.path().join("project");
     std::fs::create_dir_all(root.join("include")).map_err(text)?;
@@ -289,7 +310,7 @@ fn project(count: usize) -> Result<(tempfile::TempDir, Vec<PathBuf>), String> {
 
 /// What the daemon does before a remote compile: `gcc -E`, then the project root becomes
 /// `/src` in the line markers.
-fn preprocess(source: &Path, defines: &[String]) -> Result<Vec<u8>, String> {
+pub(crate) fn preprocess(source: &Path, defines: &[String]) -> Result<Vec<u8>, String> {
     let root = source.parent().ok_or("a source has a directory")?;
     let output = Command::new("gcc")
         .current_dir(root)
@@ -363,7 +384,7 @@ pub(crate) fn request(source: Vec<u8>, flags: &[String]) -> RemoteRequest {
     }
 }
 
-fn succeeded(outcome: &RemoteOutcome, what: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn succeeded(outcome: &RemoteOutcome, what: &str) -> Result<Vec<u8>, String> {
     if outcome.exit_code != 0 {
         return Err(format!(
             "{what}: exit {}: {}",

@@ -14,10 +14,13 @@
 //!   misses compiled remotely then hit locally, path-free objects across checkouts, fallback
 //!   when the farm is down, paranoid mode, a worker killed mid-build, a registry pull.
 //! - `tls`: the scheduler and worker binaries with certificates from a throwaway CA.
+//! - `audit`: audit rows re-run (`hpcc_worker::verify` and `hpcc-worker audit-verify`):
+//!   verified, tampered rows as mismatches or named errors, evicted sources.
 //!
 //! A test whose prerequisite is missing (root, debootstrap) prints `skipped: <name>: <reason>`
 //! and is reported as ignored, never as passed.
 
+mod audit;
 mod client;
 mod farm;
 mod idp;
@@ -87,6 +90,7 @@ fn main() {
     cases.extend(farm::cases());
     cases.extend(client::cases());
     cases.extend(tls::cases());
+    cases.extend(audit::cases());
     let trials = cases
         .into_iter()
         .map(|(name, needs, body)| {
