@@ -750,26 +750,7 @@ impl Daemon {
             let (key, corrupt) = match served.outcome {
                 Outcome::DirectHit | Outcome::PreprocessorHit => {
                     let direct = matches!(served.outcome, Outcome::DirectHit);
-                    self.count(
-                        if direct {
-                            stats::names::DIRECT_HIT
-                        } else {
-                            stats::names::PREPROCESSOR_HIT
-                        },
-                        1,
-                    );
-                    return Served::Reply(CompileReply {
-                        outcome: if direct {
-                            compile_reply::Outcome::DirectHit
-                        } else {
-                            compile_reply::Outcome::PreprocessorHit
-                        }
-                        .into(),
-                        exit_code: 0,
-                        stdout: served.printed.stdout,
-                        stderr: served.printed.stderr,
-                        detail: String::new(),
-                    });
+                    return self.hit(direct, served.printed);
                 }
                 Outcome::NotFound { key, corrupt } => (key, corrupt),
                 Outcome::Miss { .. } => return not_served("lookup ran a compile".into()),
@@ -825,6 +806,26 @@ impl Daemon {
             }
         }
         self.lease(connection, None)
+    }
+
+    /// Counts a hit and answers it: the outputs are written, `printed` is for the wrapper.
+    fn hit(&self, direct: bool, printed: cache::Printed) -> Served {
+        let (name, outcome) = if direct {
+            (stats::names::DIRECT_HIT, compile_reply::Outcome::DirectHit)
+        } else {
+            (
+                stats::names::PREPROCESSOR_HIT,
+                compile_reply::Outcome::PreprocessorHit,
+            )
+        };
+        self.count(name, 1);
+        Served::Reply(CompileReply {
+            outcome: outcome.into(),
+            exit_code: 0,
+            stdout: printed.stdout,
+            stderr: printed.stderr,
+            detail: String::new(),
+        })
     }
 
     /// A job for `on_farm`'s invocation against this daemon's cache.
@@ -907,27 +908,7 @@ impl Daemon {
                 printed,
             }) => {
                 self.land(flight, Landing::Finished);
-                let direct = matches!(outcome, Outcome::DirectHit);
-                self.count(
-                    if direct {
-                        stats::names::DIRECT_HIT
-                    } else {
-                        stats::names::PREPROCESSOR_HIT
-                    },
-                    1,
-                );
-                Served::Reply(CompileReply {
-                    outcome: if direct {
-                        compile_reply::Outcome::DirectHit
-                    } else {
-                        compile_reply::Outcome::PreprocessorHit
-                    }
-                    .into(),
-                    exit_code: 0,
-                    stdout: printed.stdout,
-                    stderr: printed.stderr,
-                    detail: String::new(),
-                })
+                self.hit(matches!(outcome, Outcome::DirectHit), printed)
             }
             Ok(cache::Served {
                 outcome: Outcome::NotFound { .. },

@@ -69,6 +69,16 @@ impl Client {
         Ok(client)
     }
 
+    /// A client of `land`'s farm with tenant A's token.
+    fn on(land: &Farmland, paranoid: bool) -> Result<Client, String> {
+        Client::new(
+            &land.scheduler_url,
+            &land.image,
+            Some(&land.token_a()),
+            paranoid,
+        )
+    }
+
     fn command(&self, program: &str) -> Command {
         let mut command = Command::new(self.bin.join(program));
         command
@@ -215,8 +225,7 @@ fn audit_count(land: &Farmland) -> Result<usize, String> {
 fn wrapper_compiles_misses_on_the_farm() -> TestResult {
     const COUNT: usize = 6;
     let land = Farmland::new()?;
-    let token = land.token_a();
-    let client = Client::new(&land.scheduler_url, &land.image, Some(&token), false)?;
+    let client = Client::on(&land, false)?;
     let first = tempfile::tempdir().map_err(text)?;
     let root = project(first.path(), COUNT)?;
     build(&client, &root, COUNT)?;
@@ -265,7 +274,7 @@ fn wrapper_compiles_misses_on_the_farm() -> TestResult {
 
     // Another checkout at another path and another cache: the worker's cache answers (the
     // rewritten sources are the same), and the objects are byte-identical.
-    let other_client = Client::new(&land.scheduler_url, &land.image, Some(&token), false)?;
+    let other_client = Client::on(&land, false)?;
     let second = tempfile::tempdir().map_err(text)?;
     let other_root = project(&second.path().join("elsewhere"), COUNT)?;
     build(&other_client, &other_root, COUNT)?;
@@ -375,12 +384,7 @@ fn dead_farm_falls_back_to_local() -> TestResult {
 
 fn paranoid_client_keeps_no_cache() -> TestResult {
     let land = Farmland::new()?;
-    let client = Client::new(
-        &land.scheduler_url,
-        &land.image,
-        Some(&land.token_a()),
-        true,
-    )?;
+    let client = Client::on(&land, true)?;
     let dir = tempfile::tempdir().map_err(text)?;
     let root = project(dir.path(), 2)?;
     build(&client, &root, 2)?;
@@ -516,12 +520,7 @@ fn worker_killed_mid_build() -> TestResult {
     const COUNT: usize = 24;
     let land = Farmland::with_workers(0)?;
     let mut worker = WorkerProcess::start(&land, "wk")?;
-    let client = Client::new(
-        &land.scheduler_url,
-        &land.image,
-        Some(&land.token_a()),
-        false,
-    )?;
+    let client = Client::on(&land, false)?;
     let dir = tempfile::tempdir().map_err(text)?;
     let root = project(dir.path(), COUNT)?;
     let baseline = worker.audit_rows();
@@ -597,12 +596,7 @@ fn worker_killed_mid_build() -> TestResult {
     clean(&root)?;
     build(&client, &root, COUNT)?;
     link_and_run(&root, COUNT)?;
-    let fresh = Client::new(
-        &land.scheduler_url,
-        &land.image,
-        Some(&land.token_a()),
-        false,
-    )?;
+    let fresh = Client::on(&land, false)?;
     let other = tempfile::tempdir().map_err(text)?;
     let fresh_root = project(other.path(), COUNT)?;
     build(&fresh, &fresh_root, COUNT)?;
@@ -788,12 +782,7 @@ fn worker_pulls_its_image_from_a_registry() -> TestResult {
         ));
     }
     let _worker = WorkerProcess::start_with(&land, "puller", &format!("pull = [{reference:?}]\n"))?;
-    let client = Client::new(
-        &land.scheduler_url,
-        &land.image,
-        Some(&land.token_a()),
-        false,
-    )?;
+    let client = Client::on(&land, false)?;
     let dir = tempfile::tempdir().map_err(text)?;
     let root = project(dir.path(), COUNT)?;
     build(&client, &root, COUNT)?;
