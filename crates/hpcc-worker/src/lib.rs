@@ -268,6 +268,17 @@ pub(crate) async fn execute(
     })
 }
 
+/// The root file system of `image`, or `None` if the store lacks it. Flattening an image on
+/// first use is file work, so it runs off the async threads.
+pub(crate) async fn rootfs_off_thread(images: &Arc<dyn Rootfs>, image: &str) -> Option<PathBuf> {
+    let images = Arc::clone(images);
+    let image = image.to_owned();
+    tokio::task::spawn_blocking(move || images.rootfs(&image))
+        .await
+        .ok()
+        .flatten()
+}
+
 impl Worker {
     /// A worker with its parts; `sources` keeps every audited job's source.
     pub fn new(
@@ -470,13 +481,8 @@ impl Worker {
         injected: &[String],
         key: &Digest,
     ) -> Result<CompileOutput, WorkerError> {
-        // Flattening an image on first use is file work: off the async threads.
-        let images = Arc::clone(&self.images);
-        let image = job.image.clone();
-        let rootfs = tokio::task::spawn_blocking(move || images.rootfs(&image))
+        let rootfs = rootfs_off_thread(&self.images, &job.image)
             .await
-            .ok()
-            .flatten()
             .ok_or_else(|| WorkerError::NoImage(job.image.clone()))?;
         let spec = SessionSpec {
             tenant: job.tenant.clone(),

@@ -199,12 +199,8 @@ impl Verifier {
             tokio::task::spawn_blocking(move || crate::sources::read(&sources_dir, &digest))
                 .await
                 .map_err(|error| VerifyError::Refused(format!("reading the source: {error}")))??;
-        let images = Arc::clone(&self.images);
-        let image = rerun.image.clone();
-        let rootfs = tokio::task::spawn_blocking(move || images.rootfs(&image))
+        let rootfs = crate::rootfs_off_thread(&self.images, &rerun.image)
             .await
-            .ok()
-            .flatten()
             .ok_or_else(|| VerifyError::NoImage(rerun.image.clone()))?;
         let spec = SessionSpec {
             tenant: rerun.tenant.clone(),

@@ -4,9 +4,9 @@
 //! flags or image, or whose source was evicted, are errors that say so; and the worker binary's
 //! `audit-verify` does the same from a worker's config and log.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use hpcc_core::digest::Digest;
 use hpcc_daemon::farm::RemoteOutcome;
@@ -274,50 +274,9 @@ fn evicted_sources_are_a_clear_error() -> TestResult {
     )
 }
 
-/// The `hpcc-worker` binary, built into this test's target directory on first use: cargo
-/// builds no other package's binaries for these tests.
+/// The `hpcc-worker` binary, built on first use (see [`crate::login::binaries`]).
 fn worker_binary() -> Result<PathBuf, String> {
-    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let exe = std::env::current_exe().map_err(text)?;
-            // <target>/<profile>/deps/it-<hash>
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .ok_or("the test binary is not in a target directory")?;
-            let target_dir = profile_dir
-                .parent()
-                .ok_or("the test binary is not in a target directory")?;
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut build = Command::new(cargo);
-            build
-                .current_dir(&workspace)
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "hpcc-worker",
-                    "--bin",
-                    "hpcc-worker",
-                ])
-                .env("CARGO_TARGET_DIR", target_dir);
-            if profile_dir.file_name() == Some("release".as_ref()) {
-                build.arg("--release");
-            }
-            let output = build
-                .output()
-                .map_err(|error| format!("running cargo: {error}"))?;
-            if !output.status.success() {
-                return Err(format!(
-                    "building hpcc-worker: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                ));
-            }
-            Ok(profile_dir.join("hpcc-worker"))
-        })
-        .clone()
+    Ok(crate::login::binaries()?.join("hpcc-worker"))
 }
 
 fn the_worker_binary_verifies_its_log() -> TestResult {

@@ -18,7 +18,6 @@ use hpcc_proto::worker::worker_client::WorkerClient;
 use hpcc_proto::worker::{CompileHeader, CompileRequest, SourceChunk, SourceDone, SourceMode};
 use hpcc_runtime::sandbox::{SandboxConfig, SandboxRuntime};
 use hpcc_runtime::Limits;
-use hpcc_scheduler::service::SchedulerService;
 use hpcc_scheduler::Scheduler;
 use hpcc_store::{DiskConfig, DiskStore};
 use hpcc_worker::audit::{AuditLog, AuditRow};
@@ -106,24 +105,8 @@ impl Farmland {
         let agent = hpcc_runtime::testing::agent_binary()?;
         let mut dirs = Vec::new();
         let mut workers = Vec::new();
-        let (scheduler_shutdown, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
-        let scheduler_url = runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(text)?;
-            let address = listener.local_addr().map_err(text)?;
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(SchedulerService::server(Arc::clone(&scheduler)))
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(listener),
-                        async {
-                            let _ = scheduler_stopped.await;
-                        },
-                    ),
-            );
-            Ok::<_, String>(format!("http://{address}"))
-        })?;
+        let (scheduler_url, scheduler_shutdown) =
+            crate::scheduler::serve(&runtime, Arc::clone(&scheduler))?;
         for id in ["w1", "w2"].into_iter().take(count) {
             let dir = tempfile::Builder::new()
                 .prefix("hpcc-e2e-")

@@ -103,23 +103,9 @@ impl World {
             signing,
             SECRET.as_bytes().to_vec(),
         ));
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (url, shutdown) = serve(&runtime, scheduler)?;
         let client = runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(|e| e.to_string())?;
-            let address = listener.local_addr().map_err(|e| e.to_string())?;
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(SchedulerService::server(scheduler))
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(listener),
-                        async {
-                            let _ = stopped.await;
-                        },
-                    ),
-            );
-            let channel = Endpoint::from_shared(format!("http://{address}"))
+            let channel = Endpoint::from_shared(url)
                 .map_err(|e| e.to_string())?
                 .connect()
                 .await
