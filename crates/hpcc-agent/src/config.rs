@@ -13,11 +13,13 @@ pub const PINNED_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr
 /// The default hostname inside a session.
 pub const DEFAULT_HOSTNAME: &str = "hpcc";
 
-/// Where the agent listens (vsock joins when a VM runtime needs it).
+/// Where the agent listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
     /// A Unix socket path (the sandbox runtime).
     Unix(PathBuf),
+    /// A vsock port on any CID (the microVM runtimes).
+    Vsock(u32),
 }
 
 /// Resource limits applied to each job process (unset: inherited).
@@ -54,6 +56,10 @@ pub struct AgentConfig {
     pub limits: JobLimits,
     /// Set on the server child PID 1 starts (it skips the PID 1 duties).
     pub server: bool,
+    /// In a microVM: the block device holding the image's root file system. PID 1 then boots
+    /// the guest first (`vm.rs`): loads the initramfs's modules, mounts this device read-only
+    /// and switches into it. Never passed to the server child.
+    pub vm_root: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -69,6 +75,7 @@ impl AgentConfig {
             default_max_output_bytes: 256 << 20,
             limits: JobLimits::default(),
             server: false,
+            vm_root: None,
         }
     }
 
@@ -99,6 +106,10 @@ impl AgentConfig {
                 value.push(path);
                 push("--listen", value);
             }
+            ListenAddr::Vsock(port) => push("--listen", format!("vsock:{port}").into()),
+        }
+        if let (Some(device), false) = (&self.vm_root, self.server) {
+            push("--vm-root", device.clone().into_os_string());
         }
         push("--work-dir", self.work_dir.clone().into_os_string());
         push("--work-size", self.work_size.to_string().into());
@@ -182,12 +193,18 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<AgentConfi
         match flag.as_str() {
             "--listen" => {
                 let text = value.to_str().ok_or_else(|| bad(&value))?;
-                let path = text.strip_prefix("unix:").ok_or_else(|| bad(&value))?;
-                if path.is_empty() {
+                listen = Some(if let Some(path) = text.strip_prefix("unix:") {
+                    if path.is_empty() {
+                        return Err(bad(&value));
+                    }
+                    ListenAddr::Unix(PathBuf::from(path))
+                } else if let Some(port) = text.strip_prefix("vsock:") {
+                    ListenAddr::Vsock(port.parse().map_err(|_| bad(&value))?)
+                } else {
                     return Err(bad(&value));
-                }
-                listen = Some(ListenAddr::Unix(PathBuf::from(path)));
+                });
             }
+            "--vm-root" => config.vm_root = Some(PathBuf::from(value)),
             "--work-dir" => work_dir = Some(PathBuf::from(value)),
             "--work-size" => config.work_size = number(&value)?,
             "--hostname" => {
@@ -234,6 +251,17 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_agent_round_trips_and_its_server_child_does_not_boot() {
+        let mut config = AgentConfig::new(ListenAddr::Vsock(1024), PathBuf::from("/work"));
+        config.vm_root = Some(PathBuf::from("/dev/vda"));
+        assert_eq!(parse_args(config.to_args()), Ok(config.clone()));
+        config.server = true;
+        let child = parse_args(config.to_args()).expect("parses");
+        assert_eq!(child.vm_root, None);
+        assert_eq!(child.listen, ListenAddr::Vsock(1024));
+    }
+
+    #[test]
     fn rejects_bad_command_lines() {
         let check = |words: &[&str], expected: ConfigError| {
             assert_eq!(parse_args(args(words)), Err(expected), "{words:?}");
@@ -247,6 +275,13 @@ mod tests {
         check(
             &["--frobnicate", "1"],
             ConfigError::Unknown("--frobnicate".into()),
+        );
+        check(
+            &["--listen", "vsock:x"],
+            ConfigError::BadValue {
+                flag: "--listen".into(),
+                value: "vsock:x".into(),
+            },
         );
         check(
             &["--listen", "tcp:1"],

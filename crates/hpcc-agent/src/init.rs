@@ -125,7 +125,13 @@ fn mount_fs(fs: &'static str, target: &Path, options: Option<&str>) -> Result<()
 
 /// Starts the server child and reaps until it exits; returns its exit code.
 pub fn run_init(config: &AgentConfig) -> Result<i32, InitError> {
-    let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    // In a guest the binary is `/init` of the initramfs, which the switch into the image root
+    // left unreachable by name; `/proc/self/exe` still opens it.
+    let program = if config.vm_root.is_some() {
+        PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+    };
     let mut server_config = config.clone();
     server_config.server = true;
     let mut command = Command::new(&program);

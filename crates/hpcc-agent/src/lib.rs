@@ -22,3 +22,4 @@ pub mod paths;
 pub mod serve;
 #[allow(unsafe_code)]
 mod sys;
+pub mod vm;

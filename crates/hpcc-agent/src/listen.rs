@@ -1,8 +1,8 @@
 //! Where the agent's connections come from.
 //!
 //! [`Listener`] is all the server loop needs: the sandbox hands the agent a Unix socket path
-//! ([`UnixSocketListener`]); a microVM agent will implement the same trait over vsock, and
-//! [`serve_forever`] will not change.
+//! ([`UnixSocketListener`]); in a microVM it listens on a vsock port ([`VsockPortListener`]),
+//! which the host reaches through the VMM's hybrid-vsock Unix socket.
 
 use std::future::Future;
 use std::io;
@@ -49,6 +49,31 @@ impl Listener for UnixSocketListener {
     type Stream = tokio::net::UnixStream;
 
     async fn accept(&self) -> io::Result<tokio::net::UnixStream> {
+        let (stream, _) = self.listener.accept().await?;
+        Ok(stream)
+    }
+}
+
+/// A listening vsock port, on any CID.
+#[derive(Debug)]
+pub struct VsockPortListener {
+    listener: tokio_vsock::VsockListener,
+}
+
+impl VsockPortListener {
+    /// Binds `port` on `VMADDR_CID_ANY`.
+    pub fn bind(port: u32) -> io::Result<VsockPortListener> {
+        let address = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
+        Ok(VsockPortListener {
+            listener: tokio_vsock::VsockListener::bind(address)?,
+        })
+    }
+}
+
+impl Listener for VsockPortListener {
+    type Stream = tokio_vsock::VsockStream;
+
+    async fn accept(&self) -> io::Result<tokio_vsock::VsockStream> {
         let (stream, _) = self.listener.accept().await?;
         Ok(stream)
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hpcc_agent::config::{self, AgentConfig, ListenAddr};
-use hpcc_agent::listen::{self, UnixSocketListener};
+use hpcc_agent::listen::{self, UnixSocketListener, VsockPortListener};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -37,8 +37,17 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<i32> {
     let config = config::parse_args(std::env::args_os().skip(1)).context("command line")?;
     if !config.server && std::process::id() == 1 {
+        if let Some(device) = &config.vm_root {
+            hpcc_agent::vm::boot(device, &config.work_dir).context("booting the guest")?;
+        }
         hpcc_agent::init::prepare_session(&config).context("preparing the session")?;
-        return hpcc_agent::init::run_init(&config).context("running as PID 1");
+        let code = hpcc_agent::init::run_init(&config).context("running as PID 1")?;
+        if config.vm_root.is_some() {
+            // PID 1 of a guest must not return (the kernel would panic): the session is over,
+            // so the machine goes off and the VMM exits.
+            hpcc_agent::vm::power_off();
+        }
+        return Ok(code);
     }
     serve(config)?;
     Ok(0)
@@ -55,6 +64,15 @@ fn serve(config: AgentConfig) -> anyhow::Result<()> {
                 let listener = UnixSocketListener::bind(path)
                     .with_context(|| format!("listening on {}", path.display()))?;
                 tracing::info!(socket = %path.display(), "agent listening");
+                listen::serve_forever(listener, Arc::new(config))
+                    .await
+                    .context("accepting connections")
+            }
+            ListenAddr::Vsock(port) => {
+                let port = *port;
+                let listener = VsockPortListener::bind(port)
+                    .with_context(|| format!("listening on vsock port {port}"))?;
+                tracing::info!(port, "agent listening on vsock");
                 listen::serve_forever(listener, Arc::new(config))
                     .await
                     .context("accepting connections")

@@ -22,6 +22,7 @@ pub mod sandbox;
 #[allow(unsafe_code)]
 mod sys;
 pub mod testing;
+pub mod vm;
 
 /// What a session is for, and how it is confined.
 #[derive(Debug, Clone, PartialEq, Eq)]

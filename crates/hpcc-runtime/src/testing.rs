@@ -159,3 +159,128 @@ fn build_image() -> Result<PathBuf, String> {
         )),
     }
 }
+
+/// What a test guest boots: Debian's cloud kernel and the modules it needs for virtio-mmio,
+/// virtio-blk and vsock, in load order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestKernel {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The modules, in load order.
+    pub modules: Vec<PathBuf>,
+}
+
+/// The modules Debian's cloud kernel needs for a microVM guest, in load order.
+pub const GUEST_MODULES: [&str; 7] = [
+    "kernel/drivers/virtio/virtio_ring.ko",
+    "kernel/drivers/virtio/virtio.ko",
+    "kernel/drivers/virtio/virtio_mmio.ko",
+    "kernel/drivers/block/virtio_blk.ko",
+    "kernel/net/vmw_vsock/vsock.ko",
+    "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko",
+    "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko",
+];
+
+/// Debian's `linux-image-*-cloud-amd64`, downloaded with `apt-get download` and unpacked with
+/// `dpkg-deb -x` under `<target>/test-vm/` once per machine (nothing is installed on the
+/// host).
+pub fn guest_kernel() -> Result<GuestKernel, String> {
+    static KERNEL: OnceLock<Result<GuestKernel, String>> = OnceLock::new();
+    KERNEL.get_or_init(fetch_kernel).clone()
+}
+
+fn fetch_kernel() -> Result<GuestKernel, String> {
+    let dir = target_dir().join("test-vm");
+    let unpacked = dir.join("kernel");
+    let found = || -> Option<GuestKernel> {
+        let boot = std::fs::read_dir(unpacked.join("boot")).ok()?;
+        let kernel = boot
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|path| {
+                path.file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with("vmlinuz-"))
+            })?;
+        let version = kernel.file_name()?.to_string_lossy()["vmlinuz-".len()..].to_owned();
+        let modules_dir = unpacked.join("lib/modules").join(version);
+        let modules: Vec<PathBuf> = GUEST_MODULES.iter().map(|m| modules_dir.join(m)).collect();
+        modules
+            .iter()
+            .all(|module| module.is_file())
+            .then_some(GuestKernel { kernel, modules })
+    };
+    if let Some(kernel) = found() {
+        return Ok(kernel);
+    }
+    let depends = Command::new("apt-cache")
+        .args(["depends", "linux-image-cloud-amd64"])
+        .output()
+        .map_err(|error| format!("cannot run apt-cache: {error}"))?;
+    let package = String::from_utf8_lossy(&depends.stdout)
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("Depends: "))
+        .find(|name| name.starts_with("linux-image-"))
+        .map(str::to_owned)
+        .ok_or("apt-cache knows no linux-image-cloud-amd64 (run apt-get update)")?;
+    let download = dir.join(format!("download-{}", std::process::id()));
+    std::fs::create_dir_all(&download)
+        .map_err(|error| format!("{}: {error}", download.display()))?;
+    println!("downloading the guest kernel {package} with apt-get download");
+    let fetched = Command::new("apt-get")
+        .args(["download", "-q", &package])
+        .current_dir(&download)
+        .output()
+        .map_err(|error| format!("cannot run apt-get: {error}"))?;
+    if !fetched.status.success() {
+        let _ = std::fs::remove_dir_all(&download);
+        return Err(format!(
+            "apt-get download {package} failed: {}",
+            String::from_utf8_lossy(&fetched.stderr).trim()
+        ));
+    }
+    let deb = std::fs::read_dir(&download)
+        .map_err(|error| error.to_string())?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .ok_or("apt-get download wrote no .deb")?;
+    let partial = dir.join(format!("kernel.partial-{}", std::process::id()));
+    let unpack = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&partial)
+        .output()
+        .map_err(|error| format!("cannot run dpkg-deb: {error}"))?;
+    let _ = std::fs::remove_dir_all(&download);
+    if !unpack.status.success() {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(format!(
+            "dpkg-deb -x failed: {}",
+            String::from_utf8_lossy(&unpack.stderr).trim()
+        ));
+    }
+    if std::fs::rename(&partial, &unpacked).is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    found().ok_or_else(|| format!("{} lacks a kernel or its modules", unpacked.display()))
+}
+
+/// `qemu-system-x86_64` and `vhost-device-vsock` (`PATH`, then `~/.cargo/bin`), or why not.
+pub fn vm_tools() -> Result<(PathBuf, PathBuf), String> {
+    let find = |name: &str, hint: &str| -> Result<PathBuf, String> {
+        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).collect())
+            .unwrap_or_default();
+        if let Some(home) = std::env::var_os("HOME") {
+            dirs.push(PathBuf::from(home).join(".cargo/bin"));
+        }
+        dirs.into_iter()
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+            .ok_or_else(|| format!("{name} is not installed ({hint})"))
+    };
+    Ok((
+        find("qemu-system-x86_64", "apt-get install qemu-system-x86")?,
+        find("vhost-device-vsock", "cargo install vhost-device-vsock")?,
+    ))
+}

@@ -32,6 +32,8 @@ pub enum Need {
     Agent,
     /// The Debian image with gcc.
     Image,
+    /// QEMU, vhost-device-vsock and the Debian guest kernel.
+    Vm,
 }
 
 /// Why a test cannot run here, if it cannot.
@@ -42,6 +44,9 @@ pub fn missing(needs: &[Need]) -> Option<String> {
             Need::Root => None,
             Need::Agent => agent_binary().err(),
             Need::Image => image().err(),
+            Need::Vm => hpcc_runtime::testing::vm_tools()
+                .err()
+                .or_else(|| hpcc_runtime::testing::guest_kernel().err()),
         };
         if problem.is_some() {
             return problem;

@@ -1,4 +1,4 @@
-//! Integration tests of the sandbox runtime with a real Debian toolchain image.
+//! Integration tests of the sandbox and QEMU runtimes with a real Debian toolchain image.
 //!
 //! One binary with a `libtest-mimic` harness, so a test whose prerequisite is missing (not
 //! root, no `debootstrap`, the agent does not build) is reported as *ignored* with a
@@ -6,8 +6,10 @@
 //!
 //! - `harness`: the static agent build, the cached Debian image, running jobs in sessions.
 //! - `sandbox`: compiles, isolation properties, timeouts, refusals, cancellation, cleanup.
+//! - `qemu`: the same image in QEMU microVM guests (software emulation where KVM cannot boot).
 
 mod harness;
+mod qemu;
 mod sandbox;
 
 use libtest_mimic::{Arguments, Trial};
@@ -19,7 +21,8 @@ pub type Case = (&'static str, &'static [Need], fn() -> harness::TestResult);
 
 fn main() {
     let args = Arguments::from_args();
-    let cases: Vec<Case> = sandbox::cases();
+    let mut cases: Vec<Case> = sandbox::cases();
+    cases.extend(qemu::cases());
     let trials = cases
         .into_iter()
         .map(|(name, needs, body)| {
