@@ -19,7 +19,7 @@ pub use farm::RemoteCompileConfig;
 
 pub use remote::{Backend, RemoteConfig, RemoteOptions};
 pub use service::{
-    is_image_digest, SchedulerConfig, TenantConfig, TlsFiles, WorkerConfig,
+    is_image_digest, RuntimeKind, SchedulerConfig, TenantConfig, TlsFiles, VmConfig, WorkerConfig,
     DEFAULT_AUDIT_SOURCE_RETENTION,
 };
 

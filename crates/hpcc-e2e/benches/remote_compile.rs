@@ -42,6 +42,8 @@ pub enum Need {
     Registry,
     /// Cargo.
     Cargo,
+    /// QEMU and the guest kernel.
+    Vm,
 }
 
 /// As in the test binary.

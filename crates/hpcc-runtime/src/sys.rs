@@ -87,3 +87,16 @@ fn intermediate(child: libc::pid_t) -> ! {
     // buffers, which is the only safe way out of a forked child of a threaded program.
     unsafe { libc::_exit(code) }
 }
+
+/// Makes `command`'s child die (SIGKILL) when the thread that spawned it goes, as when the
+/// worker is killed with SIGKILL and no destructor runs: a VMM must not outlive its worker.
+pub(crate) fn kill_with_parent(command: &mut tokio::process::Command) {
+    // SAFETY: the closure only makes one raw prctl syscall through rustix's linux_raw backend,
+    // which is async-signal-safe: no allocation, no lock, no libc state.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(io::Error::from)
+        });
+    }
+}

@@ -17,12 +17,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hpcc_auth::RoutingVerifier;
-use hpcc_core::config::WorkerConfig;
+use hpcc_core::config::{RuntimeKind, WorkerConfig};
 use hpcc_image::ImageStore;
 use hpcc_proto::scheduler::scheduler_client::SchedulerClient;
 use hpcc_proto::scheduler::{HeartbeatRequest, RegisterRequest};
 use hpcc_runtime::sandbox::{SandboxConfig, SandboxRuntime};
+use hpcc_runtime::vm::qemu::{Accel, QemuConfig, QemuRuntime};
+use hpcc_runtime::vm::GuestConfig;
 use hpcc_runtime::Limits;
+use hpcc_runtime::Runtime;
 use hpcc_store::{DiskConfig, DiskStore};
 use hpcc_worker::audit::{AuditLog, AuditRow};
 use hpcc_worker::service::WorkerService;
@@ -147,24 +150,65 @@ fn limits() -> Limits {
 /// `SOURCE_DATE_EPOCH` inside this worker's sessions.
 const SOURCE_DATE_EPOCH: u64 = 0;
 
-fn sandbox(config: &WorkerConfig) -> Result<SandboxRuntime> {
-    let mut sandbox = SandboxConfig::new(config.agent.clone());
-    sandbox.state_dir = config.state_dir.join("s");
-    SandboxRuntime::new(sandbox).context("the sandbox runtime")
+/// The isolation runtime `config` names (`runtime`, and `[vm]` for the microVMs).
+fn isolation(config: &WorkerConfig) -> Result<Arc<dyn Runtime>> {
+    let vm = || -> Result<GuestConfig> {
+        let vm = config
+            .vm
+            .as_ref()
+            .context("runtime = \"qemu\" or \"firecracker\" needs a [vm] table")?;
+        let mut guest =
+            GuestConfig::new(vm.kernel.clone(), vm.modules.clone(), config.agent.clone());
+        guest.state_dir = config.state_dir.join("vm");
+        guest.vcpus = vm.vcpus;
+        guest.memory_mib = vm.memory_mib;
+        guest.boot_timeout = Duration::from_secs(vm.boot_timeout_secs);
+        Ok(guest)
+    };
+    Ok(match config.runtime {
+        RuntimeKind::Sandbox => {
+            let mut sandbox = SandboxConfig::new(config.agent.clone());
+            sandbox.state_dir = config.state_dir.join("s");
+            Arc::new(SandboxRuntime::new(sandbox).context("the sandbox runtime")?)
+        }
+        RuntimeKind::Qemu => {
+            let settings = config.vm.as_ref().context("[vm]")?;
+            let accel = if settings.accel == "tcg" {
+                Accel::Tcg
+            } else {
+                Accel::Kvm
+            };
+            Arc::new(
+                QemuRuntime::new(QemuConfig {
+                    guest: vm()?,
+                    qemu: settings.qemu.clone(),
+                    vhost_vsock: settings.vhost_vsock.clone(),
+                    accel,
+                })
+                .context("the qemu runtime")?,
+            )
+        }
+        RuntimeKind::Firecracker => {
+            anyhow::bail!("runtime = \"firecracker\" is not available in this build")
+        }
+    })
 }
 
-/// The sandbox runtime of `audit-verify`, set up when the first re-run starts a session, so
+/// The isolation runtime of `audit-verify`, set up when the first re-run starts a session, so
 /// rows that cannot be checked (malformed, source gone, image absent) are reported on a
-/// machine that could not run a sandbox at all.
-struct LazySandbox {
+/// machine that could not run a session at all.
+struct LazyRuntime {
     config: WorkerConfig,
-    runtime: std::sync::OnceLock<Result<SandboxRuntime, String>>,
+    runtime: std::sync::OnceLock<Result<Arc<dyn Runtime>, String>>,
 }
 
 #[tonic::async_trait]
-impl hpcc_runtime::Runtime for LazySandbox {
+impl Runtime for LazyRuntime {
     fn name(&self) -> &'static str {
-        "sandbox"
+        match self.runtime.get() {
+            Some(Ok(runtime)) => runtime.name(),
+            _ => "lazy",
+        }
     }
 
     async fn start(
@@ -173,11 +217,11 @@ impl hpcc_runtime::Runtime for LazySandbox {
     ) -> Result<Box<dyn hpcc_runtime::Session>, hpcc_runtime::RuntimeError> {
         let runtime = self
             .runtime
-            .get_or_init(|| sandbox(&self.config).map_err(|error| format!("{error:#}")));
+            .get_or_init(|| isolation(&self.config).map_err(|error| format!("{error:#}")));
         match runtime {
             Ok(runtime) => runtime.start(spec).await,
             Err(reason) => Err(hpcc_runtime::RuntimeError::Unavailable {
-                runtime: "sandbox",
+                runtime: "configured",
                 reason: reason.clone(),
             }),
         }
@@ -249,7 +293,7 @@ fn audit_verify(config_path: &Path, rows: &Rows) -> ExitCode {
     };
     let setup = || -> Result<(Verifier, tokio::runtime::Runtime)> {
         let verifier = Verifier::new(
-            Arc::new(LazySandbox {
+            Arc::new(LazyRuntime {
                 config: config.clone(),
                 runtime: std::sync::OnceLock::new(),
             }),
@@ -341,9 +385,9 @@ fn run(config_path: &Path) -> Result<()> {
         eprintln!("hpcc-worker: image {digest} pulled from {reference}");
         imported.push(digest.to_string());
     }
-    let runtime = sandbox(&config)?;
+    let runtime = isolation(&config)?;
     let pool = SessionPool::new(
-        Arc::new(runtime),
+        runtime,
         Duration::from_secs(config.session_idle_secs),
         Duration::from_secs(config.session_max_secs),
     );

@@ -205,6 +205,85 @@ pub struct WorkerConfig {
     /// audit retention and mounts durable storage at `<state_dir>/sources`.
     #[serde(default = "default_audit_source_retention")]
     pub audit_source_retention: u64,
+    /// The isolation runtime sessions run in.
+    #[serde(default)]
+    pub runtime: RuntimeKind,
+    /// The microVM guest (`runtime = "qemu"` or `"firecracker"`).
+    #[serde(default)]
+    pub vm: Option<VmConfig>,
+}
+
+/// Which isolation runtime a worker uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Linux namespaces, seccomp and a read-only root (developer machines).
+    #[default]
+    Sandbox,
+    /// A QEMU `microvm` guest with no NIC.
+    Qemu,
+    /// A Firecracker guest with no NIC.
+    Firecracker,
+}
+
+/// A microVM runtime's guest and VMM (the `[vm]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// Kernel modules the guest kernel lacks, in load order (virtio-mmio, virtio-blk, vsock).
+    #[serde(default)]
+    pub modules: Vec<PathBuf>,
+    /// Virtual CPUs per guest.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Guest memory, MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    /// Seconds a guest may take to boot until its agent answers.
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout_secs: u64,
+    /// `qemu-system-x86_64` (QEMU).
+    #[serde(default = "default_qemu")]
+    pub qemu: PathBuf,
+    /// `vhost-device-vsock` (QEMU's vsock device backend).
+    #[serde(default = "default_vhost_vsock")]
+    pub vhost_vsock: PathBuf,
+    /// QEMU's accelerator: `kvm`, or `tcg` (software emulation, slow, runs anywhere).
+    #[serde(default = "default_accel")]
+    pub accel: String,
+    /// The `firecracker` binary.
+    #[serde(default = "default_firecracker")]
+    pub firecracker: PathBuf,
+}
+
+fn default_vcpus() -> u32 {
+    2
+}
+
+fn default_memory_mib() -> u32 {
+    1024
+}
+
+fn default_boot_timeout() -> u64 {
+    60
+}
+
+fn default_qemu() -> PathBuf {
+    PathBuf::from("qemu-system-x86_64")
+}
+
+fn default_vhost_vsock() -> PathBuf {
+    PathBuf::from("vhost-device-vsock")
+}
+
+fn default_accel() -> String {
+    "kvm".to_owned()
+}
+
+fn default_firecracker() -> PathBuf {
+    PathBuf::from("firecracker")
 }
 
 impl WorkerConfig {
@@ -224,6 +303,27 @@ impl WorkerConfig {
         }
         if config.capacity == 0 {
             return Err(file_error("capacity must be above 0".into()));
+        }
+        match (&config.runtime, &config.vm) {
+            (RuntimeKind::Sandbox, _) => {}
+            (_, None) => {
+                return Err(file_error(
+                    "runtime = \"qemu\" or \"firecracker\" needs a [vm] table with `kernel`".into(),
+                ))
+            }
+            (_, Some(vm)) => {
+                if !matches!(vm.accel.as_str(), "kvm" | "tcg") {
+                    return Err(file_error(format!(
+                        "vm.accel = {:?}: expected \"kvm\" or \"tcg\"",
+                        vm.accel
+                    )));
+                }
+                if vm.vcpus == 0 || vm.memory_mib < 128 {
+                    return Err(file_error(
+                        "vm.vcpus must be above 0 and vm.memory_mib at least 128".into(),
+                    ));
+                }
+            }
         }
         Ok(config)
     }
@@ -301,6 +401,27 @@ mod tests {
         let negative = format!("{text}\naudit_source_retention = -1\n");
         let error = WorkerConfig::parse(Path::new("w.toml"), &negative).expect_err("negative");
         assert!(error.to_string().contains("w.toml"), "{error}");
+        assert_eq!(config.runtime, RuntimeKind::Sandbox);
+        let qemu = format!(
+            "{text}\nruntime = \"qemu\"\n[vm]\nkernel = \"/boot/vmlinuz\"\naccel = \"tcg\"\n"
+        );
+        let config = WorkerConfig::parse(Path::new("w.toml"), &qemu).expect("valid");
+        assert_eq!(config.runtime, RuntimeKind::Qemu);
+        let vm = config.vm.expect("a [vm] table");
+        assert_eq!(
+            (vm.vcpus, vm.memory_mib, vm.accel.as_str()),
+            (2, 1024, "tcg")
+        );
+        for (change, needle) in [
+            (format!("{text}\nruntime = \"qemu\"\n"), "[vm]"),
+            (format!("{text}\nruntime = \"kvm\"\n"), "kvm"),
+            (qemu.replace("tcg", "hvf"), "hvf"),
+            (format!("{qemu}memory_mib = 64\n"), "memory_mib"),
+            (format!("{qemu}kernal = \"/x\"\n"), "kernal"),
+        ] {
+            let error = WorkerConfig::parse(Path::new("w.toml"), &change).expect_err(needle);
+            assert!(error.to_string().contains(needle), "{needle}: {error}");
+        }
         let misspelt = format!("{text}\naudit_source_retain = 1\n");
         let error = WorkerConfig::parse(Path::new("w.toml"), &misspelt).expect_err("unknown");
         assert!(error.to_string().contains("audit_source_retain"), "{error}");

@@ -483,7 +483,8 @@ impl WorkerProcess {
         };
         // Registered and able to compile: one compile through the farm succeeds.
         let farm = land.farm("a")?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // Generous: a microVM worker builds its image's root disk and boots a guest first.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
         loop {
             let probe = crate::farm::request(b"int probe;\n".to_vec(), &[]);
             match land.runtime.block_on(farm.compile(probe, &land.token_a())) {
@@ -795,8 +796,58 @@ fn worker_pulls_its_image_from_a_registry() -> TestResult {
     Ok(())
 }
 
+/// A worker whose sessions are QEMU microVMs (software emulation here) serves a real build:
+/// the objects link and run, and every audit row names a guest in its `vm` column.
+fn qemu_worker_compiles_a_build() -> TestResult {
+    const COUNT: usize = 3;
+    let land = Farmland::with_workers(0)?;
+    let (layout, _) = crate::image::layout()?;
+    let (qemu, vhost_vsock) = hpcc_runtime::testing::vm_tools()?;
+    let kernel = hpcc_runtime::testing::guest_kernel()?;
+    let modules: Vec<String> = kernel
+        .modules
+        .iter()
+        .map(|module| module.display().to_string())
+        .collect();
+    let settings = format!(
+        "images = [{:?}]\nruntime = \"qemu\"\n[vm]\nkernel = {:?}\nmodules = {modules:?}\n\
+         accel = \"tcg\"\nmemory_mib = 512\nboot_timeout_secs = 120\nqemu = {:?}\n\
+         vhost_vsock = {:?}\n",
+        layout.display().to_string(),
+        kernel.kernel.display().to_string(),
+        qemu.display().to_string(),
+        vhost_vsock.display().to_string(),
+    );
+    let worker = WorkerProcess::start_with(&land, "guest", &settings)?;
+    let client = Client::on(&land, false)?;
+    let dir = tempfile::tempdir().map_err(text)?;
+    let root = project(dir.path(), COUNT)?;
+    build(&client, &root, COUNT)?;
+    link_and_run(&root, COUNT)?;
+    let stats = client.stats()?;
+    let compiled = stats["remote_compile"]["compiled"].as_u64().unwrap_or(0);
+    if compiled != COUNT as u64 + 1 {
+        return Err(format!("{compiled} remote compiles: {stats}"));
+    }
+    let log = std::fs::read_to_string(&worker.audit).map_err(text)?;
+    let rows: Vec<hpcc_worker::audit::AuditRow> = log
+        .lines()
+        .map(hpcc_worker::audit::AuditRow::parse)
+        .collect::<Result<_, _>>()
+        .map_err(text)?;
+    if rows.len() < COUNT + 1 || !rows.iter().all(|row| row.vm.starts_with("vm-")) {
+        return Err(format!("audit rows do not name guests: {log}"));
+    }
+    Ok(())
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
+        (
+            "client::qemu_worker_compiles_a_build",
+            &[Need::Sandbox, Need::Vm],
+            qemu_worker_compiles_a_build,
+        ),
         (
             "client::wrapper_compiles_misses_on_the_farm",
             &[Need::Sandbox],

@@ -48,6 +48,8 @@ pub enum Need {
     Cargo,
     /// Debian's `docker-registry`.
     Registry,
+    /// QEMU, vhost-device-vsock and the Debian guest kernel (the qemu runtime).
+    Vm,
 }
 
 /// A test: name, needs, body.
@@ -75,6 +77,14 @@ fn missing(needs: &[Need]) -> Option<String> {
             Need::Registry => {
                 if !registry::installed() {
                     return Some("docker-registry is not installed".into());
+                }
+            }
+            Need::Vm => {
+                if let Err(reason) = hpcc_runtime::testing::vm_tools() {
+                    return Some(reason);
+                }
+                if let Err(reason) = hpcc_runtime::testing::guest_kernel() {
+                    return Some(reason);
                 }
             }
         }

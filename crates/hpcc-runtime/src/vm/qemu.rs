@@ -12,7 +12,8 @@
 //! 4. `start` returns once the agent answers on its vsock port.
 //!
 //! [`Session::stop`] kills QEMU and the vsock backend and removes the session directory;
-//! dropping a session kills both too (`kill_on_drop`).
+//! dropping a session kills both too (`kill_on_drop`), and both die with the worker
+//! (`PR_SET_PDEATHSIG`) if it is killed outright.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -255,7 +256,9 @@ impl Runtime for QemuRuntime {
             qemu: Mutex::new(None),
             backend: None,
         };
-        let backend = Command::new(&self.config.vhost_vsock)
+        let mut backend = Command::new(&self.config.vhost_vsock);
+        crate::sys::kill_with_parent(&mut backend);
+        let backend = backend
             .arg("--guest-cid")
             .arg(GUEST_CID.to_string())
             .arg("--socket")
@@ -281,8 +284,9 @@ impl Runtime for QemuRuntime {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let qemu = self
-            .qemu_command(spec, &dir, &root_disk)
+        let mut qemu = self.qemu_command(spec, &dir, &root_disk);
+        crate::sys::kill_with_parent(&mut qemu);
+        let qemu = qemu
             .stdin(Stdio::null())
             .stdout(log_file(&dir.join("qemu.log"))?)
             .stderr(log_file(&dir.join("qemu.err"))?)
