@@ -28,7 +28,6 @@ use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -107,17 +106,9 @@ impl SandboxRuntime {
     }
 }
 
-static SESSION_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// A session id: the tenant (letters and digits only, shortened), the worker's pid, a counter.
 fn session_id(tenant: &str) -> String {
-    let tenant: String = tenant
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(16)
-        .collect();
-    let number = SESSION_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("sbx-{tenant}-{}-{number}", std::process::id())
+    crate::vm::session_id("sbx", tenant)
 }
 
 fn start_error(step: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError {
