@@ -11,6 +11,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Directories every guest root needs as mount points.
 pub const MOUNT_POINTS: [&str; 4] = ["dev", "proc", "tmp", "work"];
@@ -32,7 +33,15 @@ pub fn root_disk(state_dir: &Path, digest: &str, rootfs: &Path) -> io::Result<Pa
         return Ok(disk);
     }
     std::fs::create_dir_all(&dir)?;
-    let partial = dir.join(format!(".{hex}.{}.partial", std::process::id()));
+    // Unique per build, not only per process: two runtimes of one process (the `qemu` and
+    // `firecracker` ones, each with its own lock) may build the same disk at once, and would
+    // otherwise write one partial file together. Both then rename a complete disk into place.
+    static BUILDS: AtomicU64 = AtomicU64::new(0);
+    let build_number = BUILDS.fetch_add(1, Ordering::Relaxed);
+    let partial = dir.join(format!(
+        ".{hex}.{}.{build_number}.partial",
+        std::process::id()
+    ));
     let built = build(rootfs, &partial);
     if let Err(error) = built {
         let _ = std::fs::remove_file(&partial);

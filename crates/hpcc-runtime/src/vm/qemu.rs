@@ -35,7 +35,7 @@ pub const GUEST_HOSTNAME: &str = "hpcc";
 /// Kernel settings for emulated guests: under TCG the kernel's timer calibration against the
 /// PIT sometimes fails and the boot then hangs, so the TSC rate and loop count are given and
 /// the timer check is skipped (they only affect delay loops, not what a job computes).
-const TCG_KERNEL_ARGS: &str = "lpj=2000000 tsc_early_khz=2000000 no_timer_check";
+pub const TCG_KERNEL_ARGS: &str = "lpj=2000000 tsc_early_khz=2000000 no_timer_check";
 
 /// How QEMU accelerates guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,59 +147,121 @@ impl QemuRuntime {
     /// QEMU's command line for a session in `dir`.
     fn qemu_command(&self, spec: &SessionSpec, dir: &Path, root_disk: &Path) -> Command {
         let guest = &self.config.guest;
-        let memory = format!("{}M", guest.memory_mib);
-        let mut command = Command::new(&self.config.qemu);
-        command
-            .arg("-M")
-            .arg("microvm,x-option-roms=off,isa-serial=on,memory-backend=mem")
-            .arg("-object")
-            .arg(format!(
-                "memory-backend-memfd,id=mem,size={memory},share=on"
-            ))
-            .args(["-m", &memory])
-            .args(["-smp", &guest.vcpus.to_string()]);
-        match self.config.accel {
-            Accel::Kvm => command.args(["-accel", "kvm", "-cpu", "host"]),
-            Accel::Tcg => command.args(["-accel", "tcg", "-cpu", "max"]),
-        };
-        command
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            .args(["-nic", "none"])
-            .arg("-serial")
-            .arg(file_arg(&dir.join("console.log")))
-            .arg("-kernel")
-            .arg(&guest.kernel)
-            .arg("-initrd")
-            .arg(&self.initramfs)
-            .arg("-append")
-            .arg(super::kernel_command_line(
-                spec,
-                GUEST_HOSTNAME,
-                match self.config.accel {
-                    Accel::Kvm => "",
-                    Accel::Tcg => TCG_KERNEL_ARGS,
-                },
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "id=root,file={},format=raw,if=none,readonly=on",
-                escape_option(root_disk)
-            ))
-            .args(["-device", "virtio-blk-device,drive=root"])
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=vsock,path={}",
-                escape_option(&dir.join("vhost.sock"))
-            ))
-            .args(["-device", "vhost-user-vsock-device,chardev=vsock"]);
-        command
+        let boot_args = super::kernel_command_line(
+            spec,
+            GUEST_HOSTNAME,
+            match self.config.accel {
+                Accel::Kvm => "",
+                Accel::Tcg => TCG_KERNEL_ARGS,
+            },
+        );
+        microvm_command(&MicrovmGuest {
+            qemu: &self.config.qemu,
+            kernel: &guest.kernel,
+            initrd: &self.initramfs,
+            boot_args: &boot_args,
+            root_disk,
+            root_read_only: true,
+            vhost_socket: &dir.join("vhost.sock"),
+            serial: Serial::File(&dir.join("console.log")),
+            vcpus: guest.vcpus,
+            memory_mib: guest.memory_mib,
+            accel: self.config.accel,
+        })
     }
+}
+
+/// Where a guest's serial console goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serial<'a> {
+    /// Into this file (created or truncated).
+    File(&'a Path),
+    /// To QEMU's own standard output, as Firecracker does with its guest's console.
+    Stdout,
+}
+
+/// Everything QEMU's command line for a `microvm` guest is made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MicrovmGuest<'a> {
+    /// `qemu-system-x86_64`.
+    pub qemu: &'a Path,
+    /// The guest kernel.
+    pub kernel: &'a Path,
+    /// The initramfs.
+    pub initrd: &'a Path,
+    /// The whole kernel command line.
+    pub boot_args: &'a str,
+    /// The root disk (raw), the guest's `/dev/vda`.
+    pub root_disk: &'a Path,
+    /// Whether the guest may not write the root disk.
+    pub root_read_only: bool,
+    /// The vhost-user control socket of the vsock backend (`vhost-device-vsock --socket`).
+    pub vhost_socket: &'a Path,
+    /// Where the serial console goes.
+    pub serial: Serial<'a>,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// The accelerator.
+    pub accel: Accel,
+}
+
+/// QEMU's command for a `microvm` guest with no NIC: the kernel and initramfs, the root disk as
+/// virtio-blk, vsock through vhost-user on shared memory (vhost-user needs it). The `qemu`
+/// runtime and the Firecracker test double both launch guests with it, so they boot the same
+/// machine.
+pub fn microvm_command(guest: &MicrovmGuest<'_>) -> Command {
+    let memory = format!("{}M", guest.memory_mib);
+    let mut command = Command::new(guest.qemu);
+    command
+        .arg("-M")
+        .arg("microvm,x-option-roms=off,isa-serial=on,memory-backend=mem")
+        .arg("-object")
+        .arg(format!(
+            "memory-backend-memfd,id=mem,size={memory},share=on"
+        ))
+        .args(["-m", &memory])
+        .args(["-smp", &guest.vcpus.to_string()]);
+    match guest.accel {
+        Accel::Kvm => command.args(["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => command.args(["-accel", "tcg", "-cpu", "max"]),
+    };
+    command
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-nic", "none"])
+        .arg("-serial");
+    match guest.serial {
+        Serial::File(path) => command.arg(file_arg(path)),
+        Serial::Stdout => command.arg("stdio"),
+    };
+    command
+        .arg("-kernel")
+        .arg(guest.kernel)
+        .arg("-initrd")
+        .arg(guest.initrd)
+        .arg("-append")
+        .arg(guest.boot_args)
+        .arg("-drive")
+        .arg(format!(
+            "id=root,file={},format=raw,if=none,readonly={}",
+            escape_option(guest.root_disk),
+            if guest.root_read_only { "on" } else { "off" }
+        ))
+        .args(["-device", "virtio-blk-device,drive=root"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=vsock,path={}",
+            escape_option(guest.vhost_socket)
+        ))
+        .args(["-device", "vhost-user-vsock-device,chardev=vsock"]);
+    command
 }
 
 /// A path as a QEMU option value (commas doubled).
@@ -212,7 +274,7 @@ fn file_arg(path: &Path) -> String {
 }
 
 /// `path` itself if it has a slash, else where `PATH` finds it.
-fn find_program(path: &Path) -> Option<PathBuf> {
+pub(crate) fn find_program(path: &Path) -> Option<PathBuf> {
     if path.components().count() > 1 {
         return path.is_file().then(|| path.to_owned());
     }

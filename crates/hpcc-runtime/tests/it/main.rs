@@ -1,4 +1,4 @@
-//! Integration tests of the sandbox and QEMU runtimes with a real Debian toolchain image.
+//! Integration tests of the sandbox, QEMU and Firecracker runtimes with a real Debian toolchain image.
 //!
 //! One binary with a `libtest-mimic` harness, so a test whose prerequisite is missing (not
 //! root, no `debootstrap`, the agent does not build) is reported as *ignored* with a
@@ -7,7 +7,9 @@
 //! - `harness`: the static agent build, the cached Debian image, running jobs in sessions.
 //! - `sandbox`: compiles, isolation properties, timeouts, refusals, cancellation, cleanup.
 //! - `qemu`: the same image in QEMU microVM guests (software emulation where KVM cannot boot).
+//! - `firecracker`: the Firecracker runtime against `fake-firecracker`, a double of its binary.
 
+mod firecracker;
 mod harness;
 mod qemu;
 mod sandbox;
@@ -23,6 +25,7 @@ fn main() {
     let args = Arguments::from_args();
     let mut cases: Vec<Case> = sandbox::cases();
     cases.extend(qemu::cases());
+    cases.extend(firecracker::cases());
     let trials = cases
         .into_iter()
         .map(|(name, needs, body)| {

@@ -15,7 +15,7 @@ use hpcc_runtime::{Runtime, Session, SessionSpec};
 use crate::harness::{self, block_on, ensure, error_chain, header, run, shell, Need, TestResult};
 use crate::Case;
 
-const VM: &[Need] = &[Need::Root, Need::Agent, Need::Image, Need::Vm];
+pub(crate) const VM: &[Need] = &[Need::Root, Need::Agent, Need::Image, Need::Vm];
 
 /// Every case of this module.
 pub fn cases() -> Vec<Case> {
@@ -36,7 +36,7 @@ pub fn cases() -> Vec<Case> {
 
 /// A runtime whose disks are cached per machine under `<target>/test-vm/state`, with session
 /// directories there too.
-fn runtime() -> Result<QemuRuntime, String> {
+pub(crate) fn runtime() -> Result<QemuRuntime, String> {
     let (qemu, vhost_vsock) = vm_tools()?;
     let kernel = guest_kernel()?;
     let mut guest = GuestConfig::new(kernel.kernel, kernel.modules, harness::agent_binary()?);
@@ -57,7 +57,7 @@ fn runtime() -> Result<QemuRuntime, String> {
 }
 
 /// The sandbox tests' spec, with a digest that names the image for the disk cache.
-fn spec(tenant: &str) -> Result<SessionSpec, String> {
+pub(crate) fn spec(tenant: &str) -> Result<SessionSpec, String> {
     let mut spec = harness::spec(tenant)?;
     spec.image_digest = format!("sha256:{}", "0b".repeat(32));
     Ok(spec)
@@ -74,7 +74,7 @@ const HELLO_C: &[u8] = b"#include <stdio.h>\n\
 int square(int x) { return x * x; }\n\
 int main(void) { printf(\"%d\\n\", square(7)); return 0; }\n";
 
-async fn compile(session: &dyn Session) -> Result<Vec<u8>, String> {
+pub(crate) async fn compile(session: &dyn Session) -> Result<Vec<u8>, String> {
     let job = header(
         &[
             "gcc",
@@ -193,7 +193,7 @@ fn guest_is_confined() -> TestResult {
     })
 }
 
-fn qemu_processes(session_id: &str) -> usize {
+pub(crate) fn qemu_processes(session_id: &str) -> usize {
     std::fs::read_dir("/proc")
         .map(|entries| {
             entries
