@@ -22,6 +22,7 @@ use hpcc_image::ImageStore;
 use hpcc_proto::scheduler::scheduler_client::SchedulerClient;
 use hpcc_proto::scheduler::{HeartbeatRequest, RegisterRequest};
 use hpcc_runtime::sandbox::{SandboxConfig, SandboxRuntime};
+use hpcc_runtime::vm::firecracker::{FirecrackerConfig, FirecrackerRuntime};
 use hpcc_runtime::vm::qemu::{Accel, QemuConfig, QemuRuntime};
 use hpcc_runtime::vm::GuestConfig;
 use hpcc_runtime::Limits;
@@ -189,7 +190,15 @@ fn isolation(config: &WorkerConfig) -> Result<Arc<dyn Runtime>> {
             )
         }
         RuntimeKind::Firecracker => {
-            anyhow::bail!("runtime = \"firecracker\" is not available in this build")
+            let settings = config.vm.as_ref().context("[vm]")?;
+            Arc::new(
+                FirecrackerRuntime::new(FirecrackerConfig {
+                    guest: vm()?,
+                    firecracker: settings.firecracker.clone(),
+                    boot_args_extra: settings.kernel_args.clone(),
+                })
+                .context("the firecracker runtime")?,
+            )
         }
     })
 }

@@ -256,6 +256,10 @@ pub struct VmConfig {
     /// The `firecracker` binary.
     #[serde(default = "default_firecracker")]
     pub firecracker: PathBuf,
+    /// Kernel arguments Firecracker guests get besides hpcc's own (QEMU adds what TCG needs
+    /// by itself).
+    #[serde(default)]
+    pub kernel_args: String,
 }
 
 fn default_vcpus() -> u32 {
