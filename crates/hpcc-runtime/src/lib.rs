@@ -24,6 +24,13 @@ mod sys;
 pub mod testing;
 pub mod vm;
 
+/// Makes `command`'s child die (SIGKILL) with the thread that spawns it, even when that
+/// process is killed outright and no destructor runs: for VMMs and their helpers, which must
+/// not outlive whoever started them.
+pub fn kill_with_parent(command: &mut tokio::process::Command) {
+    sys::kill_with_parent(command);
+}
+
 /// What a session is for, and how it is confined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSpec {

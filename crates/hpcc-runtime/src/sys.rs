@@ -22,15 +22,16 @@ use crate::sandbox::plan::{self, Plan};
 /// caller gets back is an intermediate one that waits for the namespace's PID 1 and exits with
 /// its status; PID 1 dies with it (`PR_SET_PDEATHSIG`).
 pub(crate) fn set_sandbox_pre_exec(command: &mut tokio::process::Command, plan: Plan) {
+    let parent = rustix::process::getpid();
     // SAFETY: the closure is async-signal-safe: `child_main` allocates nothing and takes no
     // lock (it makes raw syscalls through rustix and libc on the prepared `plan`, which the
     // closure owns, so it outlives the child's use of it).
     unsafe {
-        command.pre_exec(move || child_main(&plan));
+        command.pre_exec(move || child_main(&plan, parent));
     }
 }
 
-fn child_main(plan: &Plan) -> io::Result<()> {
+fn child_main(plan: &Plan, parent: Pid) -> io::Result<()> {
     if plan.clear_groups {
         rustix::thread::set_thread_groups(&[])?;
     }
@@ -45,6 +46,15 @@ fn child_main(plan: &Plan) -> io::Result<()> {
     // forked child has no other threads).
     unsafe { rustix::thread::unshare_unsafe(flags) }?;
     plan::after_unshare(plan)?;
+    // The intermediate dies with the worker, even one killed outright (and with it PID 1 and
+    // the whole session); a worker that died before this line is caught by the check. Set
+    // after the credential changes above, which would clear it.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if rustix::process::getppid() != Some(parent) {
+        return Err(io::Error::other(
+            "the worker went away while starting a session",
+        ));
+    }
     // SAFETY: this process is the single-threaded child of a fork, so forking again cannot
     // leave another thread's locks held in the new child; both sides continue with
     // async-signal-safe code only.

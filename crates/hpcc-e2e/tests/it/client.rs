@@ -503,6 +503,29 @@ impl WorkerProcess {
         }
     }
 
+    /// Kills the worker (SIGKILL: no destructor runs) and waits up to 10 s for every process
+    /// it started to die with it: sandbox sessions, VMMs. They are the processes whose command
+    /// line names the worker's directory (a sandbox's host-side process keeps the worker's
+    /// command line; a VMM's names its session directory under the worker's state).
+    fn kill_and_check_nothing_is_left(&mut self) -> TestResult {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let needle = self._dir.path().display().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = crate::farm::processes_with(&needle);
+            if left == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{left} processes of the killed worker ({needle}) still run"
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     fn audit_rows(&self) -> usize {
         std::fs::read_to_string(&self.audit)
             .map(|text| text.lines().count())
@@ -530,7 +553,7 @@ fn worker_killed_mid_build() -> TestResult {
         .map(|index| format!("f{index}"))
         .chain(["main".to_owned()])
         .collect();
-    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+    let (killed, results): (TestResult, Vec<Result<(), String>>) = std::thread::scope(|scope| {
         let handles: Vec<_> = names
             .chunks(names.len().div_ceil(4))
             .map(|chunk| {
@@ -547,24 +570,36 @@ fn worker_killed_mid_build() -> TestResult {
                 })
             })
             .collect();
+        // Killed once the client has three remote results back (a row on the worker is not
+        // enough: its reply may still be in flight when the worker dies).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while worker.audit_rows() < baseline + 3 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let remote_results = || {
+            client
+                .stats()
+                .map(|stats| stats["remote_compile"]["compiled"].as_u64().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        while worker.audit_rows() < baseline + 3 || remote_results() < 3 {
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        let _ = worker.child.kill();
-        let _ = worker.child.wait();
-        handles
+        let killed = worker.kill_and_check_nothing_is_left();
+        let results = handles
             .into_iter()
             .map(|handle| {
                 handle
                     .join()
                     .unwrap_or_else(|_| Err("a build thread panicked".into()))
             })
-            .collect()
+            .collect();
+        (killed, results)
     });
     for result in results {
         result?;
     }
+    killed?;
     link_and_run(&root, COUNT)?;
     let stats = client.stats()?;
     let compiled = stats["remote_compile"]["compiled"].as_u64().unwrap_or(0);
@@ -838,7 +873,9 @@ fn qemu_worker_compiles_a_build() -> TestResult {
     if rows.len() < COUNT + 1 || !rows.iter().all(|row| row.vm.starts_with("vm-")) {
         return Err(format!("audit rows do not name guests: {log}"));
     }
-    Ok(())
+    // Its guests (QEMU, vhost-device-vsock) die with a worker killed outright.
+    let mut worker = worker;
+    worker.kill_and_check_nothing_is_left()
 }
 
 pub fn cases() -> Vec<Case> {

@@ -703,7 +703,7 @@ fn clients_cannot_plant_worker_cache_entries() -> TestResult {
 
 /// Processes whose command line contains `needle` (the compiler of a job carries its source
 /// digest in `-frandom-seed`).
-fn processes_with(needle: &str) -> usize {
+pub(crate) fn processes_with(needle: &str) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };

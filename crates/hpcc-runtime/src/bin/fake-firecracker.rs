@@ -362,19 +362,6 @@ struct Guest {
     children: Vec<Child>,
 }
 
-/// Asks the kernel to `SIGKILL` the child when this process dies.
-fn die_with_parent(command: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe
-    // system call (prctl); it allocates nothing and takes no lock.
-    #[allow(unsafe_code)]
-    unsafe {
-        command.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
-}
-
 /// Starts vhost-device-vsock and QEMU for `instance`, which `handle` has checked complete.
 async fn launch(instance: &Instance, tools: &Tools, api_socket: &Path) -> anyhow::Result<Guest> {
     use anyhow::Context;
@@ -396,7 +383,7 @@ async fn launch(instance: &Instance, tools: &Tools, api_socket: &Path) -> anyhow
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true);
-    die_with_parent(&mut backend);
+    hpcc_runtime::kill_with_parent(&mut backend);
     guest.children.push(
         backend
             .spawn()
@@ -440,7 +427,7 @@ async fn launch(instance: &Instance, tools: &Tools, api_socket: &Path) -> anyhow
         accel: Accel::Tcg,
     });
     qemu.stdin(Stdio::null()).kill_on_drop(true);
-    die_with_parent(&mut qemu);
+    hpcc_runtime::kill_with_parent(&mut qemu);
     guest.children.push(
         qemu.spawn()
             .with_context(|| format!("starting {}", tools.qemu.display()))?,

@@ -283,17 +283,7 @@ impl FirecrackerRuntime {
                 config.guest.kernel.display()
             )));
         }
-        let archive = initramfs::build(&config.guest.agent_binary, &config.guest.modules)
-            .map_err(|error| unavailable(format!("building the initramfs: {error}")))?;
-        std::fs::create_dir_all(&config.guest.state_dir).map_err(|error| {
-            unavailable(format!("{}: {error}", config.guest.state_dir.display()))
-        })?;
-        let initramfs = config
-            .guest
-            .state_dir
-            .join(format!("initramfs-firecracker-{}.cpio", std::process::id()));
-        std::fs::write(&initramfs, archive)
-            .map_err(|error| unavailable(format!("{}: {error}", initramfs.display())))?;
+        let initramfs = initramfs::write(&config.guest, "firecracker").map_err(unavailable)?;
         Ok(FirecrackerRuntime {
             config,
             initramfs,
@@ -502,6 +492,12 @@ impl Drop for FirecrackerSession {
         if self.dir.exists() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+impl Drop for FirecrackerRuntime {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.initramfs);
     }
 }
 

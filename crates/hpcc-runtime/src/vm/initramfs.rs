@@ -5,6 +5,29 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// Builds the initramfs of `guest` and writes it under its state directory with a name no
+/// other runtime uses (several runtimes may live in one process; a QEMU reading a file that
+/// another is rewriting would boot a truncated `/init`), complete before it is visible.
+/// The runtime that owns the file removes it when dropped.
+pub fn write(guest: &super::GuestConfig, prefix: &str) -> Result<PathBuf, String> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let archive = build(&guest.agent_binary, &guest.modules)
+        .map_err(|error| format!("building the initramfs: {error}"))?;
+    std::fs::create_dir_all(&guest.state_dir)
+        .map_err(|error| format!("{}: {error}", guest.state_dir.display()))?;
+    let number = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("initramfs-{prefix}-{}-{number}.cpio", std::process::id());
+    let path = guest.state_dir.join(&name);
+    let partial = guest.state_dir.join(format!(".{name}.partial"));
+    std::fs::write(&partial, archive)
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .map_err(|error| {
+            let _ = std::fs::remove_file(&partial);
+            format!("{}: {error}", path.display())
+        })?;
+    Ok(path)
+}
+
 /// The archive's entries, in order.
 enum Entry {
     Dir(&'static str),

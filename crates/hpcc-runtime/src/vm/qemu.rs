@@ -111,17 +111,7 @@ impl QemuRuntime {
                 "accel = kvm but /dev/kvm cannot be opened (use accel = tcg)".into(),
             ));
         }
-        let archive = initramfs::build(&config.guest.agent_binary, &config.guest.modules)
-            .map_err(|error| unavailable(format!("building the initramfs: {error}")))?;
-        std::fs::create_dir_all(&config.guest.state_dir).map_err(|error| {
-            unavailable(format!("{}: {error}", config.guest.state_dir.display()))
-        })?;
-        let initramfs = config
-            .guest
-            .state_dir
-            .join(format!("initramfs-{}.cpio", std::process::id()));
-        std::fs::write(&initramfs, archive)
-            .map_err(|error| unavailable(format!("{}: {error}", initramfs.display())))?;
+        let initramfs = initramfs::write(&config.guest, "qemu").map_err(unavailable)?;
         Ok(QemuRuntime {
             config,
             initramfs,
@@ -319,7 +309,7 @@ impl Runtime for QemuRuntime {
             backend: None,
         };
         let mut backend = Command::new(&self.config.vhost_vsock);
-        crate::sys::kill_with_parent(&mut backend);
+        crate::kill_with_parent(&mut backend);
         let backend = backend
             .arg("--guest-cid")
             .arg(GUEST_CID.to_string())
@@ -347,7 +337,7 @@ impl Runtime for QemuRuntime {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let mut qemu = self.qemu_command(spec, &dir, &root_disk);
-        crate::sys::kill_with_parent(&mut qemu);
+        crate::kill_with_parent(&mut qemu);
         let qemu = qemu
             .stdin(Stdio::null())
             .stdout(log_file(&dir.join("qemu.log"))?)
@@ -456,5 +446,11 @@ impl Drop for QemuSession {
         if self.dir.exists() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+impl Drop for QemuRuntime {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.initramfs);
     }
 }
