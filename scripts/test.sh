@@ -16,10 +16,13 @@ for tool in gcc:gcc g++:g++ make:make clang:clang ccache:ccache cmake:cmake \
     command -v "${tool%%:*}" >/dev/null 2>&1 || packages+=("${tool#*:}")
 done
 # Installed without their recommendations: QEMU's would be a desktop's worth of GUI libraries.
+# The microVM tests run with HPCC_TEST_VMS=1 (see hpcc_runtime::testing::vm_tools).
 bare_packages=()
-for tool in qemu-system-x86_64:qemu-system-x86 /sbin/mkfs.ext4:e2fsprogs /sbin/debugfs:e2fsprogs; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || bare_packages+=("${tool#*:}")
-done
+if [[ ${HPCC_TEST_VMS:-} == 1 ]]; then
+    for tool in qemu-system-x86_64:qemu-system-x86 /sbin/mkfs.ext4:e2fsprogs /sbin/debugfs:e2fsprogs; do
+        command -v "${tool%%:*}" >/dev/null 2>&1 || bare_packages+=("${tool#*:}")
+    done
+fi
 if ((${#packages[@]} + ${#bare_packages[@]})); then
     sudo_cmd=""; [[ $(id -u) -eq 0 ]] || sudo_cmd="sudo"
     echo "installing: ${packages[*]} ${bare_packages[*]}"
@@ -45,7 +48,8 @@ fi
 
 # QEMU's vsock device backend for the microVM tests (the same hybrid-vsock protocol as
 # Firecracker's). Built once per machine, into ~/.cargo/bin.
-if ! command -v vhost-device-vsock >/dev/null 2>&1 && [[ ! -x "$HOME/.cargo/bin/vhost-device-vsock" ]]; then
+if [[ ${HPCC_TEST_VMS:-} == 1 ]] && ! command -v vhost-device-vsock >/dev/null 2>&1 \
+    && [[ ! -x "$HOME/.cargo/bin/vhost-device-vsock" ]]; then
     echo "installing: vhost-device-vsock (cargo install)"
     cargo install --locked --quiet vhost-device-vsock
 fi

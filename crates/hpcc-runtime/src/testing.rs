@@ -266,7 +266,15 @@ fn fetch_kernel() -> Result<GuestKernel, String> {
 }
 
 /// `qemu-system-x86_64` and `vhost-device-vsock` (`PATH`, then `~/.cargo/bin`), or why not.
+///
+/// The microVM tests run only with `HPCC_TEST_VMS=1` (`HPCC_TEST_VMS=1 scripts/test.sh`
+/// installs what they need): software-emulated guests keep both cores of a small machine
+/// busy, which made timing-bound sandbox tests running beside them fail, and one guest job
+/// in about ten runs has hung (not yet understood).
 pub fn vm_tools() -> Result<(PathBuf, PathBuf), String> {
+    if std::env::var_os("HPCC_TEST_VMS").is_none_or(|value| value != "1") {
+        return Err("the microVM tests run with HPCC_TEST_VMS=1".into());
+    }
     let find = |name: &str, hint: &str| -> Result<PathBuf, String> {
         let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
             .map(|path| std::env::split_paths(&path).collect())
