@@ -1,16 +1,18 @@
-//! Repository tasks. `cargo xtask tidy` runs the style checks (they also run under `cargo test`).
+//! Repository tasks. `cargo xtask tidy` runs the style and architecture checks (they also run
+//! under `cargo test`).
 //!
 //! The checks live in [`tidy`] and run two ways: as `#[test]`s, so `cargo test` alone keeps the
 //! tree clean, and through this binary, which prints every violation as `file:line` for a
 //! person (or CI log) to read.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod deps;
 mod tidy;
 
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-usage: cargo xtask tidy    check the style rules of STYLE.md (also run by `cargo test -p xtask`)";
+usage: cargo xtask tidy    check the rules of CONTRIBUTING.md (also run by `cargo test -p xtask`)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,6 +36,25 @@ fn main() -> ExitCode {
 
 fn run_tidy() -> ExitCode {
     let root = tidy::repo_root();
+    match deps::check_repo(&root) {
+        Ok(broken) if broken.is_empty() => {
+            println!("tidy: {} dependency rules hold", deps::RULES.len());
+            for (from, to, plan) in deps::EXCEPTIONS {
+                println!("tidy: known exception: {from} depends on {to} until {plan}");
+            }
+        }
+        Ok(broken) => {
+            for rule in &broken {
+                eprintln!("{rule}");
+            }
+            eprintln!("tidy: {} architecture rule(s) broken", broken.len());
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("tidy: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     match tidy::check_repo(&root) {
         Ok(report) if report.violations.is_empty() => {
             println!(

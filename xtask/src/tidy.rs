@@ -1,4 +1,4 @@
-//! The style rules of `STYLE.md` that a machine can check, run as `#[test]`s and by
+//! The rules of `CONTRIBUTING.md` that a machine can check, run as `#[test]`s and by
 //! `cargo xtask tidy`.
 //!
 //! Every `.rs` file under `crates/` and `xtask/` is scanned. The rules look at code only: each

@@ -20,6 +20,9 @@ pub enum ListenAddr {
     Unix(PathBuf),
     /// A vsock port on any CID (the microVM runtimes).
     Vsock(u32),
+    /// This many virtio-serial ports named `hpcc.agent.<n>` (the `qemu` runtime, whose
+    /// vhost-user vsock device cannot migrate; see `serial.rs`).
+    Serial(u32),
 }
 
 /// Resource limits applied to each job process (unset: inherited).
@@ -107,6 +110,7 @@ impl AgentConfig {
                 push("--listen", value);
             }
             ListenAddr::Vsock(port) => push("--listen", format!("vsock:{port}").into()),
+            ListenAddr::Serial(ports) => push("--listen", format!("serial:{ports}").into()),
         }
         if let (Some(device), false) = (&self.vm_root, self.server) {
             push("--vm-root", device.clone().into_os_string());
@@ -165,7 +169,7 @@ pub enum ConfigError {
     Required(&'static str),
 }
 
-/// Parses the arguments after argv[0].
+/// Parses the arguments after `argv[0]`.
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<AgentConfig, ConfigError> {
     let mut args = args.into_iter();
     let mut listen = None;
@@ -200,6 +204,11 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<AgentConfi
                     ListenAddr::Unix(PathBuf::from(path))
                 } else if let Some(port) = text.strip_prefix("vsock:") {
                     ListenAddr::Vsock(port.parse().map_err(|_| bad(&value))?)
+                } else if let Some(ports) = text.strip_prefix("serial:") {
+                    match ports.parse() {
+                        Ok(ports @ 1..=crate::serial::MAX_PORTS) => ListenAddr::Serial(ports),
+                        _ => return Err(bad(&value)),
+                    }
                 } else {
                     return Err(bad(&value));
                 });
@@ -259,6 +268,9 @@ mod tests {
         let child = parse_args(config.to_args()).expect("parses");
         assert_eq!(child.vm_root, None);
         assert_eq!(child.listen, ListenAddr::Vsock(1024));
+        config.server = false;
+        config.listen = ListenAddr::Serial(8);
+        assert_eq!(parse_args(config.to_args()), Ok(config));
     }
 
     #[test]
@@ -283,6 +295,15 @@ mod tests {
                 value: "vsock:x".into(),
             },
         );
+        for listen in ["serial:0", "serial:x", "serial:100000"] {
+            check(
+                &["--listen", listen],
+                ConfigError::BadValue {
+                    flag: "--listen".into(),
+                    value: listen.into(),
+                },
+            );
+        }
         check(
             &["--listen", "tcp:1"],
             ConfigError::BadValue {

@@ -10,12 +10,14 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use hpcc_core::frame::asynchronous::write_frame;
+use hpcc_core::frame::FrameError;
 use hpcc_proto::agent::{agent_message, output_stream, AgentMessage, JobResult, OutputStream};
+use hpcc_proto::MAX_AGENT_FRAME_LEN;
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::config::AgentConfig;
-use crate::frame::{write_frame, FrameError};
 use crate::sys;
 
 /// How long pipes may stay open after the job's process group is gone.
@@ -186,7 +188,7 @@ where
                 data: data.to_vec(),
             })),
         };
-        write_frame(writer, &message)
+        write_frame(writer, &message, MAX_AGENT_FRAME_LEN)
             .await
             .map_err(RunError::Frame)?;
     }

@@ -120,5 +120,6 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let span = tracing::info_span!("task", name);
+    #[allow(clippy::disallowed_methods)] // the helper itself
     tokio::spawn(tracing::Instrument::instrument(future, span));
 }

@@ -11,16 +11,17 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hpcc_core::frame::asynchronous::{read_frame, write_frame};
+use hpcc_core::frame::FrameError;
 use hpcc_proto::agent::{
     agent_message, host_message, AgentMessage, AgentRefused, AgentWelcome, HostMessage, InputChunk,
     JobHeader, JobResult, OutputChunk, OutputsDone,
 };
-use hpcc_proto::{AGENT_CHUNK_LEN, AGENT_PROTOCOL_VERSION};
+use hpcc_proto::{AGENT_CHUNK_LEN, AGENT_PROTOCOL_VERSION, MAX_AGENT_FRAME_LEN};
 use rustix::fs::{Mode, OFlags};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::AgentConfig;
-use crate::frame::{read_frame, write_frame, FrameError};
 use crate::job::{self, JobSpec};
 use crate::paths;
 
@@ -62,7 +63,7 @@ where
     let (mut reader, mut writer) = tokio::io::split(stream);
     // A connection closed before its hello is a readiness probe (`Runtime::start` connects
     // once to see the agent listen), not an error.
-    let Some(first) = read_frame::<HostMessage, _>(&mut reader).await? else {
+    let Some(first) = read_frame::<HostMessage, _>(&mut reader, MAX_AGENT_FRAME_LEN).await? else {
         return Ok(());
     };
     let hello = match first.kind {
@@ -86,10 +87,11 @@ where
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     send(&mut writer, agent_message::Kind::Welcome(welcome)).await?;
-    let header = match read_frame::<HostMessage, _>(&mut reader)
-        .await?
-        .and_then(|m| m.kind)
-    {
+    // A connection closed right after the welcome is a health check (`agent_client::ping`).
+    let Some(next) = read_frame::<HostMessage, _>(&mut reader, MAX_AGENT_FRAME_LEN).await? else {
+        return Ok(());
+    };
+    let header = match next.kind {
         Some(host_message::Kind::Header(header)) => header,
         other => return Err(unexpected("JobHeader", &other)),
     };
@@ -158,7 +160,12 @@ async fn send<W: AsyncWrite + Unpin>(
     writer: &mut W,
     kind: agent_message::Kind,
 ) -> Result<(), ServeError> {
-    write_frame(writer, &AgentMessage { kind: Some(kind) }).await?;
+    write_frame(
+        writer,
+        &AgentMessage { kind: Some(kind) },
+        MAX_AGENT_FRAME_LEN,
+    )
+    .await?;
     Ok(())
 }
 
@@ -303,7 +310,7 @@ async fn receive_inputs<R: AsyncRead + Unpin>(
         refusal = Some(String::new());
     }
     loop {
-        let message = read_frame::<HostMessage, _>(reader)
+        let message = read_frame::<HostMessage, _>(reader, MAX_AGENT_FRAME_LEN)
             .await?
             .and_then(|m| m.kind);
         let chunk = match message {

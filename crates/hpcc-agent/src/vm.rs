@@ -8,7 +8,9 @@
 //! and moves it over `/`. The session then proceeds exactly as in the sandbox.
 //!
 //! There is no network setup at all: the VMM gives the guest no NIC, and the only way in or
-//! out is the vsock port the agent listens on.
+//! out is the vsock port the agent listens on, or its virtio-serial ports (for those, `boot`
+//! also mounts `/sys` in the initramfs to find them and makes their nodes for the server;
+//! see `serial.rs`).
 
 use std::ffi::CString;
 use std::io;
@@ -58,8 +60,9 @@ fn errno(step: impl Into<String>) -> impl FnOnce(rustix::io::Errno) -> VmError {
     }
 }
 
-/// Boots the guest: afterwards `/` is the image, read-only, and `work_dir` exists in it.
-pub fn boot(device: &Path, work_dir: &Path) -> Result<(), VmError> {
+/// Boots the guest: afterwards `/` is the image, read-only, and `work_dir` exists in it; with
+/// `serial_ports` > 0, the nodes of that many agent ports are in [`crate::serial::NODES_DIR`].
+pub fn boot(device: &Path, work_dir: &Path, serial_ports: u32) -> Result<(), VmError> {
     mount_at(
         "devtmpfs",
         "devtmpfs",
@@ -130,6 +133,22 @@ pub fn boot(device: &Path, work_dir: &Path) -> Result<(), VmError> {
     ] {
         rustix::fs::symlink(target, dev.join(name))
             .map_err(errno(format!("linking /dev/{name}")))?;
+    }
+    if serial_ports > 0 {
+        mount_at(
+            "sysfs",
+            "sysfs",
+            Path::new("/sys"),
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            None,
+        )?;
+        let nodes = root.join(
+            crate::serial::NODES_DIR
+                .strip_prefix('/')
+                .unwrap_or(crate::serial::NODES_DIR),
+        );
+        crate::serial::make_nodes(Path::new("/sys/class/virtio-ports"), &nodes, serial_ports)
+            .map_err(failed("finding the agent's virtio-serial ports"))?;
     }
     mount_at(
         "tmpfs",

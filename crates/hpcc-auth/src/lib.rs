@@ -12,8 +12,8 @@
 pub mod routing;
 pub mod user;
 
-pub use routing::{RoutingClaims, RoutingKey, RoutingScope, RoutingVerifier};
-pub use user::{validate_user_token, UserClaims};
+pub use routing::{RoutingClaims, RoutingKey, RoutingScope, RoutingVerifier, TenantPolicy};
+pub use user::{unverified_expiry, validate_user_token, UserClaims};
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;

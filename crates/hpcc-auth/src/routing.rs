@@ -33,6 +33,52 @@ pub struct RoutingClaims {
     pub iat: u64,
     /// Expires at, Unix seconds.
     pub exp: u64,
+    /// What the tenant's config says the worker must apply (absent in tokens of a scheduler
+    /// older than this field: see [`TenantPolicy::namespace_for`]).
+    #[serde(default)]
+    pub policy: TenantPolicy,
+}
+
+/// A tenant's storage and admission policy, as the scheduler's config declares it, carried in
+/// each routing token so that workers need no copy of the tenant config and always apply the
+/// current one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantPolicy {
+    /// The storage namespace of the tenant's cache objects: `tenant-<id>`, or `group-<name>`
+    /// for a sharing group. Empty in old tokens.
+    #[serde(default)]
+    pub namespace: String,
+    /// Paranoid mode: the tenant's clients keep no cache; only workers write one.
+    #[serde(default)]
+    pub paranoid: bool,
+    /// Limits on each worker; `None` is no limit beyond the worker's own.
+    #[serde(default)]
+    pub max_jobs: Option<u32>,
+    /// Bytes of sources held at once (the upload quota).
+    #[serde(default)]
+    pub max_source_bytes: Option<u64>,
+    /// Bytes of the namespace in the worker's local cache.
+    #[serde(default)]
+    pub max_cache_bytes: Option<u64>,
+    /// Bytes of kept (audited) sources.
+    #[serde(default)]
+    pub max_kept_source_bytes: Option<u64>,
+    /// Bytes of session snapshots.
+    #[serde(default)]
+    pub max_snapshot_bytes: Option<u64>,
+}
+
+impl TenantPolicy {
+    /// The namespace to use for `tenant`: the policy's, or the tenant's own when the token
+    /// names none. Never another tenant's: a namespace is only ever shared because the
+    /// scheduler's config put both tenants in one sharing group.
+    pub fn namespace_for(&self, tenant: &str) -> String {
+        if self.namespace.is_empty() {
+            hpcc_core::config::tenant_namespace(tenant)
+        } else {
+            self.namespace.clone()
+        }
+    }
 }
 
 /// What a worker expects a token to be for.
@@ -72,42 +118,41 @@ impl RoutingKey {
         RoutingKey::from_pkcs8(document.as_ref())
     }
 
-    /// A key from PKCS#8 DER.
+    /// A key from PKCS#8 DER, v1 (what `openssl genpkey -algorithm ED25519` writes) or v2
+    /// (with the public key, which must match). It is kept, and written, as v1: the form
+    /// every tool reads (OpenSSL 3.0 cannot read Ed25519 v2 documents).
     pub fn from_pkcs8(pkcs8: &[u8]) -> Result<RoutingKey, AuthError> {
         use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
             .map_err(|_| AuthError::Key("not an Ed25519 PKCS#8 key".into()))?;
+        let v1 = pair
+            .to_pkcs8v1()
+            .map_err(|_| AuthError::Key("cannot encode the key as PKCS#8".into()))?;
         Ok(RoutingKey {
-            pkcs8: pkcs8.to_vec(),
+            pkcs8: v1.as_ref().to_vec(),
             public: pair.public_key().as_ref().to_vec(),
         })
     }
 
     /// A key from its PEM file text (`-----BEGIN PRIVATE KEY-----`).
     pub fn from_pem(text: &str) -> Result<RoutingKey, AuthError> {
-        let body: String = text
-            .lines()
-            .map(str::trim)
-            .skip_while(|line| !line.starts_with("-----BEGIN"))
-            .skip(1)
-            .take_while(|line| !line.starts_with("-----END"))
-            .collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(body.as_bytes())
-            .map_err(|_| AuthError::Key("the PEM body is not base64".into()))?;
-        RoutingKey::from_pkcs8(&der)
+        let parsed =
+            pem::parse(text).map_err(|error| AuthError::Key(format!("not a PEM file: {error}")))?;
+        if parsed.tag() != PEM_LABEL {
+            return Err(AuthError::Key(format!(
+                "a PEM {:?} block, not {PEM_LABEL:?}",
+                parsed.tag()
+            )));
+        }
+        RoutingKey::from_pkcs8(parsed.contents())
     }
 
-    /// The key as PEM text, for the key file.
+    /// The key as PEM text (PKCS#8 v1), for the key file.
     pub fn to_pem(&self) -> String {
-        let body = base64::engine::general_purpose::STANDARD.encode(&self.pkcs8);
-        let mut text = format!("-----BEGIN {PEM_LABEL}-----\n");
-        for line in body.as_bytes().chunks(64) {
-            text.push_str(&String::from_utf8_lossy(line));
-            text.push('\n');
-        }
-        text.push_str(&format!("-----END {PEM_LABEL}-----\n"));
-        text
+        pem::encode_config(
+            &pem::Pem::new(PEM_LABEL, self.pkcs8.clone()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )
     }
 
     /// The public key, base64 (standard alphabet), as workers are configured with it.
@@ -201,6 +246,7 @@ mod tests {
             sub: "alice".into(),
             iat: now,
             exp: now + 60,
+            policy: TenantPolicy::default(),
         }
     }
 
@@ -309,5 +355,44 @@ mod tests {
             let verifier = RoutingVerifier::from_public_base64(&key.public_base64()).expect("verifier");
             let _ = verifier.verify(&token, SCOPE, 1_000);
         }
+    }
+
+    /// The key file is the RFC 8410 PKCS#8 v1 document every tool reads, and keys written by
+    /// other tools (v1) or by earlier versions (v2, with the public key) still load.
+    #[test]
+    fn key_files_are_pkcs8_v1_and_both_versions_load() {
+        let key = RoutingKey::generate().expect("a key");
+        let pem = key.to_pem();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n") && !pem.contains('\r'));
+        let der = pem::parse(&pem).expect("PEM").into_contents();
+        // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING (32) } }
+        assert_eq!(der.len(), 48);
+        assert_eq!(
+            &der[..16],
+            &[
+                0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+                0x04, 0x20
+            ]
+        );
+        let again = RoutingKey::from_pem(&pem).expect("reads back");
+        assert_eq!(again.public_base64(), key.public_base64());
+        // A v2 document of an earlier version.
+        use aws_lc_rs::signature::Ed25519KeyPair;
+        let v2 = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).expect("v2");
+        assert_eq!(v2.as_ref()[4], 0x01, "a v2 document");
+        let loaded = RoutingKey::from_pkcs8(v2.as_ref()).expect("v2 loads");
+        assert_eq!(
+            RoutingKey::from_pem(&loaded.to_pem())
+                .expect("as v1")
+                .public_base64(),
+            loaded.public_base64()
+        );
+        // Not a key: refused, naming why.
+        let certificate = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(RoutingKey::from_pem(certificate)
+            .expect_err("a certificate")
+            .to_string()
+            .contains("CERTIFICATE"));
+        assert!(RoutingKey::from_pem("no pem here").is_err());
     }
 }

@@ -163,6 +163,25 @@ pub mod testing {
     }
 }
 
+/// The largest token [`unverified_expiry`] reads.
+const MAX_UNVERIFIED_BYTES: usize = 64 << 10;
+
+/// The `exp` claim of a JWT, read WITHOUT verifying anything: only for a client to know when
+/// to stop using a token its IdP gave without `expires_in` (the scheduler verifies it).
+/// `None` for anything that is not a JWT with a numeric `exp`.
+pub fn unverified_expiry(token: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Expiry {
+        exp: u64,
+    }
+    if token.len() > MAX_UNVERIFIED_BYTES {
+        return None;
+    }
+    jsonwebtoken::dangerous::insecure_decode_claims::<Expiry>(token)
+        .ok()
+        .map(|claims| claims.exp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::testing::IdpKey;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use hpcc_core::compiler::MASQUERADE_NAMES;
 use hpcc_store::DiskStore;
 
-use crate::settings::Settings;
+use hpcc_cache::settings::Settings;
 
 /// `println!` that ignores a closed stdout (`hpcc stats | head` must not panic).
 macro_rules! say {
@@ -27,7 +27,7 @@ macro_rules! say_raw {
         let _ = write!(std::io::stdout(), $($arg)*);
     }};
 }
-use crate::stats;
+use hpcc_cache::stats;
 
 const USAGE: &str = "\
 usage: hpcc <compiler> [compiler args...]   compile through the cache
@@ -107,7 +107,7 @@ fn stats_command(rest: &[OsString]) -> Result<()> {
     }
     let settings = Settings::load()?;
     // A running daemon keeps recent counts in memory for a moment; have it write them first.
-    crate::daemon::client::flush_stats(&settings);
+    crate::client::flush_stats(&settings);
     if zero {
         stats::zero(&settings.cache_dir)?;
         say!("statistics zeroed");
@@ -353,7 +353,7 @@ fn daemon_command(rest: &[OsString]) -> Result<()> {
     no_arguments("daemon", rest)?;
     // The daemon is its own binary, so that this one links no async runtime; `exec` keeps
     // this process's pid, terminal and environment for it.
-    let daemon = crate::daemon::daemon_binary()?;
+    let daemon = hpcc_cache::ipc::daemon_binary()?;
     let error = std::process::Command::new(&daemon).exec();
     Err(error).with_context(|| format!("running {}", daemon.display()))
 }
@@ -362,7 +362,7 @@ fn daemon_command(rest: &[OsString]) -> Result<()> {
 /// `hpccd` links, so they run as `hpccd login ...` in this process (`exec`: same pid,
 /// terminal for the password prompt, stdin for scripts, and exit code).
 fn exec_daemon(command: &OsStr, rest: &[OsString]) -> Result<()> {
-    let daemon = crate::daemon::daemon_binary()?;
+    let daemon = hpcc_cache::ipc::daemon_binary()?;
     let error = std::process::Command::new(&daemon)
         .arg(command)
         .args(rest)
@@ -372,19 +372,13 @@ fn exec_daemon(command: &OsStr, rest: &[OsString]) -> Result<()> {
 
 fn start_command(rest: &[OsString]) -> Result<()> {
     no_arguments("start", rest)?;
-    say!(
-        "hpcc daemon: {}",
-        crate::daemon::client::start(&Settings::load()?)?
-    );
+    say!("hpcc daemon: {}", crate::client::start(&Settings::load()?)?);
     Ok(())
 }
 
 fn stop_command(rest: &[OsString]) -> Result<()> {
     no_arguments("stop", rest)?;
-    say!(
-        "hpcc daemon: {}",
-        crate::daemon::client::stop(&Settings::load()?)?
-    );
+    say!("hpcc daemon: {}", crate::client::stop(&Settings::load()?)?);
     Ok(())
 }
 
@@ -402,7 +396,7 @@ fn audit_command(rest: &[OsString]) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let worker = match crate::find::companion_binary(WORKER) {
+    let worker = match hpcc_cache::find::companion_binary(WORKER) {
         Ok(worker) => worker,
         Err(error) => {
             eprintln!("hpcc: audit verify: {error:#}");
@@ -420,7 +414,7 @@ fn audit_command(rest: &[OsString]) -> ExitCode {
 fn status_command(rest: &[OsString]) -> ExitCode {
     let result = no_arguments("status", rest)
         .and_then(|()| Settings::load())
-        .map(|settings| crate::daemon::client::status(&settings));
+        .map(|settings| crate::client::status(&settings));
     match result {
         Ok(Ok(status)) => {
             say!("hpcc daemon {} running, pid {}", status.version, status.pid);

@@ -3,11 +3,31 @@
 //! Invoked as `hpcc <compiler> <args...>`, or through a symlink named like a compiler (`gcc`,
 //! `clang++`, ...), it serves the compile from the cache or runs the real compiler and stores the
 //! result. Invoked as `hpcc <command>`, it manages the cache (`stats`, `config`, `clean`,
-//! `wrap`).
+//! `wrap`). The command line, the masquerade names, the commands and `hpcc stats --json` are its
+//! interface to users and build tools.
 //!
 //! The rule that shapes this file: the build never fails because of hpcc. Every fault on the
-//! way to a cached result (bad config, unreadable cache, a store error) ends in running the real
-//! compiler untouched, via `exec`, so its exit code, stdout, stderr and files are its own.
+//! way to a cached result ends in running the real compiler untouched, via `exec`, so its exit
+//! code, stdout, stderr and files are its own. `compile` holds every such decision:
+//!
+//! - no real compiler found: exit 127;
+//! - a broken configuration: one `hpcc: ...; compiling without the cache` line, then `exec`;
+//! - `disable`, an unknown compiler name, a `NotCacheable` reason, an environment variable that
+//!   makes a compile uncacheable, an output directory that does not exist: counted as
+//!   `uncacheable.<reason>`, then `exec`;
+//! - the daemon serves the compile (a hit, a farm compile, an identical compile's failure): its
+//!   output is printed and its exit code returned; the daemon leases the wrapper a slot to
+//!   compile in, or does not answer: the wrapper goes on by itself;
+//! - paranoid mode: what the farm did not compile runs here without a cache;
+//! - the cache cannot be opened, or `Job::run` fails before running anything: a warning, counted as
+//!   `errors.<kind>`, then `exec`.
+//!
+//! After a miss the captured stdout and stderr are replayed and hpcc exits with the compiler's
+//! code (a signal becomes 1). Faults after the compiler ran (storing, journaling, counting) are
+//! logged and counted and never change its exit code or output.
+//!
+//! Logging is off unless `HPCC_LOG` is set (an `EnvFilter`, to stderr): then a reason not to
+//! cache is logged at debug, and a fault of the cache, a store or the daemon at warn.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::cell::RefCell;
@@ -16,12 +36,13 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-use hpcc_cli::{cache, caller, commands, daemon, find, record_error, settings, stats, ERRORS};
+use hpcc_cache::{cache, caller, find, record_error, settings, stats, upload_journal, ERRORS};
+use hpcc_cli::{client, commands};
 use hpcc_core::args::{self, Classification, NotCacheable};
 use hpcc_store::DiskStore;
 
 fn main() -> ExitCode {
-    hpcc_cli::init_logging();
+    hpcc_cache::init_logging();
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     if argv.is_empty() {
         eprintln!("hpcc: started without argv[0]");
@@ -73,7 +94,7 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
     }
     // A compile slot held from the daemon: the outcome's counts go to it (with the output of
     // a failed compile, for identical compiles waiting on this one).
-    let lease: RefCell<Option<daemon::client::Lease>> = RefCell::new(None);
+    let lease: RefCell<Option<client::Lease>> = RefCell::new(None);
     let report = |counts: &[(&str, u64)], failure: Option<(i32, &cache::Printed)>| {
         if !settings.config.stats {
             if let Some(lease) = lease.take() {
@@ -125,14 +146,22 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
         Ok(caller) => caller,
         Err(_) => return exec(&compiler, &args),
     };
+    if let Some(dir) = cache::missing_output_dir(&invocation, &caller.cwd) {
+        // The compiler reports this itself (`can't create nodir/x.o`); hpcc would only fail
+        // on its own temporaries there.
+        let reason = NotCacheable::OutputDirMissing(dir.display().to_string());
+        tracing::debug!("not cacheable: {reason}");
+        count(&[(&uncacheable(reason.as_str()), 1)]);
+        return exec(&compiler, &args);
+    }
     if settings.config.daemon.enabled {
-        match daemon::client::request_compile(&settings, &compiler, &args, &caller) {
-            daemon::client::Answer::Served { exit, printed } => {
+        match client::request_compile(&settings, &compiler, &args, &caller) {
+            client::Answer::Served { exit, printed } => {
                 print(&printed);
                 return exit_code(exit);
             }
-            daemon::client::Answer::CompileHere(granted) => *lease.borrow_mut() = Some(granted),
-            daemon::client::Answer::Unavailable => {}
+            client::Answer::CompileHere(granted) => *lease.borrow_mut() = Some(granted),
+            client::Answer::Unavailable => {}
         }
     }
     if settings
@@ -179,6 +208,14 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
             return exec(&compiler, &args);
         }
     };
+    if !settings.config.remote.is_empty() && lease.borrow().is_none() {
+        // Stored without the daemon, which alone uploads: journal the entries so that the
+        // next daemon puts them in the remote tiers (see `upload_journal`).
+        if let Err(error) = upload_journal::record(&settings.cache_dir, &job.stored()) {
+            tracing::warn!("entries stay local: {error:#}");
+            record_error("journal");
+        }
+    }
     print(&served.printed);
     match served.outcome {
         cache::Outcome::DirectHit => {
@@ -200,6 +237,14 @@ fn compile(program: &OsStr, args: Vec<OsString>) -> ExitCode {
             // Every lookup that found nothing is a miss; when the result could not be stored
             // either, the reason is counted too, so `stats` explains a miss that repeats.
             let mut counts = vec![(stats::names::MISS, 1)];
+            // A farm is configured but no daemon could take the compile (it did not come up):
+            // compiled here, so a fallback (with a lease, the daemon counted it already).
+            if settings.config.remote_compile.is_some()
+                && lease.borrow().is_none()
+                && job.remote_reason().is_none()
+            {
+                counts.push((stats::names::REMOTE_FALLBACK, 1));
+            }
             if let Some(reason) = &reason {
                 counts.push((reason.as_str(), 1));
             }

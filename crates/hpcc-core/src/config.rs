@@ -1,9 +1,24 @@
 //! Configuration: the TOML file's types and the pure merge of `HPCC_*` environment overrides.
 //!
 //! Every key of [`Config`] can be set in the file or by an environment variable named
-//! `HPCC_<KEY>` in upper case (`cache_dir` → `HPCC_CACHE_DIR`). Unknown keys in the file and
-//! unknown `HPCC_*` variables are errors that name the key: a typo must not silently leave a
-//! setting at its default.
+//! `HPCC_<KEY>` in upper case (`cache_dir` → `HPCC_CACHE_DIR`; `[daemon]` keys as
+//! `HPCC_DAEMON_<KEY>`). Unknown keys in the file and unknown `HPCC_*` variables are errors that
+//! name the key: a typo must not silently leave a setting at its default. The variables that are
+//! not keys are listed in [`NON_KEY_VARIABLES`].
+//!
+//! - [`parse_file`] parses the file's text (`hpcc-cache`'s `settings` finds the file) and checks
+//!   what types cannot say ([`RemoteConfig::validate_all`]: cluster sizes, duplicate names;
+//!   [`RemoteCompileConfig`]: no `[[remote]]` stores in paranoid mode).
+//! - [`merge_env`] applies the variables over it, a pure function over name/value pairs that
+//!   tests call directly. `HPCC_REMOTE` replaces the `[[remote]]` tables with a TOML array of
+//!   inline tables, `HPCC_REMOTE_COMPILE` the `[remote_compile]` table with an inline table.
+//! - [`Config`] and [`DaemonConfig`] refuse unknown keys (`deny_unknown_fields`); their
+//!   `Default`s are the values in effect when nothing is said (a 5 GiB cache, LZ4, direct mode,
+//!   `file_prefix_map` and statistics on, a daemon started on demand).
+//!
+//! **Compatibility.** The file is an interface: adding a key is compatible, while removing or
+//! renaming one makes existing files fail with an error naming the key. The services' files
+//! (`SchedulerConfig`, `WorkerConfig`) follow the same rules.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -19,8 +34,10 @@ pub use farm::RemoteCompileConfig;
 
 pub use remote::{Backend, RemoteConfig, RemoteOptions};
 pub use service::{
-    is_image_digest, RuntimeKind, SchedulerConfig, TenantConfig, TlsFiles, VmConfig, WorkerConfig,
-    DEFAULT_AUDIT_SOURCE_RETENTION,
+    group_namespace, is_image_digest, is_safe_name, tenant_namespace, JailSettings, JailerSettings,
+    RuntimeKind, SchedulerConfig, SharingGroup, TenantConfig, TenantQuota, TlsFiles, VmConfig,
+    WorkerCacheConfig, WorkerConfig, DEFAULT_AUDIT_SOURCE_RETENTION, DEFAULT_WORKER_CACHE_SIZE,
+    MAX_NAME_LEN,
 };
 
 /// Environment variables that start with `HPCC_` but are not config keys

@@ -716,15 +716,19 @@ mod tests {
         },
     ];
 
-    fn available(toolchain: &Toolchain) -> bool {
+    /// Fails the test, naming the compiler, when it is not installed: a comparison that ran
+    /// no compiler must not pass.
+    fn require(toolchain: &Toolchain) {
         let found = Command::new(toolchain.command)
             .arg("--version")
             .output()
             .is_ok_and(|output| output.status.success());
-        if !found {
-            println!("skipped: {} is not installed", toolchain.command);
-        }
-        found
+        assert!(
+            found,
+            "{} is not on PATH: this test compares the dependency files of gcc, g++, clang and \
+             clang++, and needs all four",
+            toolchain.command
+        );
     }
 
     /// Runs the compiler in `directory`, feeding `stdin` when given, and panics with its
@@ -825,18 +829,23 @@ mod tests {
 
     /// Every dependency file gcc, g++, clang and clang++ write for a range of target lengths
     /// (shifting every wrap point by one column at a time), `-MT`/`-MQ` mixes, `-MP`, `-MMD`,
-    /// system headers, default targets and standard input renders back byte for byte.
+    /// system headers, default targets and standard input renders back byte for byte. Each
+    /// of the four compilers must be installed and must have written files.
     #[test]
     fn real_compiler_files_render_back_exactly() {
+        TOOLCHAINS.iter().for_each(require);
         let runs = std::thread::scope(|scope| {
             let handles: Vec<_> = TOOLCHAINS
                 .iter()
-                .filter(|toolchain| available(toolchain))
-                .map(|toolchain| scope.spawn(move || layouts_of(toolchain)))
+                .map(|toolchain| (toolchain, scope.spawn(move || layouts_of(toolchain))))
                 .collect();
             handles
                 .into_iter()
-                .map(|handle| handle.join().expect("a layout thread panicked"))
+                .map(|(toolchain, handle)| {
+                    let runs = handle.join().expect("a layout thread panicked");
+                    assert!(runs > 0, "{} wrote no dependency file", toolchain.command);
+                    runs
+                })
                 .sum::<usize>()
         });
         println!("checked {runs} dependency files from real compilers");
@@ -1001,7 +1010,8 @@ mod tests {
             std::fs::create_dir_all(root.join("obj")).expect("creating obj");
         }
         let mut compared = 0usize;
-        for toolchain in TOOLCHAINS.iter().filter(|toolchain| available(toolchain)) {
+        TOOLCHAINS.iter().for_each(require);
+        for toolchain in &TOOLCHAINS {
             // (extra flags, whether -MT names the target; otherwise the default from -o)
             for (flags, explicit_target) in [
                 (&["-MD", "-MP"][..], false),
@@ -1059,6 +1069,11 @@ mod tests {
                 compared += 1;
             }
         }
+        assert_eq!(
+            compared,
+            TOOLCHAINS.len() * 3,
+            "every toolchain and flag set compared"
+        );
         println!("compared {compared} regenerated dependency files");
     }
 

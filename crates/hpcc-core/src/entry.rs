@@ -1,4 +1,9 @@
-//! Stored results: everything a compile produced that a hit must reproduce.
+//! Stored results: everything a compile produced that a hit must reproduce, one section per
+//! output ([`SectionKind`]: the object, stdout, stderr, the dependency file, a `.dwo`, a `.gcno`).
+//!
+//! **Format.** Results are read back by other hpcc versions through a shared cache. The version
+//! is part of the magic (`HPCCRES\x01`), changed whenever the layout changes: a result of
+//! another version does not decode, and the caller removes it and takes a miss.
 
 use std::borrow::Cow;
 
@@ -16,7 +21,7 @@ pub enum SectionKind {
     Stdout = 2,
     /// What the compiler wrote to stderr (warnings), byte for byte, colour codes included.
     Stderr = 3,
-    /// The dependency file, in the form described by `hpcc-cli`'s dependency handling.
+    /// The dependency file, in the form of `hpcc-cache`'s `deps` (an `S` or `R` section).
     DepFile = 4,
     /// The `-gsplit-dwarf` `.dwo` file.
     Dwo = 5,

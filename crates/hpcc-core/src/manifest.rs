@@ -11,6 +11,15 @@
 //! shadowing file to appear, the directory's identity and times, and the names whose appearance
 //! matters. If the directory is unchanged, none of them appeared; if it changed, each name is
 //! checked.
+//!
+//! A manifest keeps the newest [`MAX_ENTRIES`] header sets. Paths under the project root are
+//! stored relative to it ([`StoredPath::Rooted`]), so checkouts at other paths share manifests;
+//! each file also keeps the [`Stamp`] it had when it was hashed, which spares rehashing it in
+//! the checkout that recorded it.
+//!
+//! **Format.** Manifests are read back by other hpcc versions through a shared cache. The
+//! version is part of the magic (`HPCCMAN\x02`), changed whenever the layout changes: a manifest
+//! of another version does not decode, and the caller removes it and takes a miss.
 
 use crate::digest::Digest;
 use crate::wire::{Reader, WireError, Writer};

@@ -1,10 +1,18 @@
 //! The project root and root-relative rewriting of paths.
 //!
 //! A project root is the nearest directory at or above the source file that holds a `.hpcc`
-//! marker file. Inside a project, hpcc hashes every path under the root as if it were relative
-//! to it, and tells the compiler (`-ffile-prefix-map=<root>=.`) to write such paths the same
-//! way, so two checkouts at different absolute paths produce the same keys and byte-identical
-//! objects. Without a marker nothing is rewritten.
+//! marker file ([`find_root`], given the source's directory canonicalized, since the compiler's
+//! paths are physical). Inside a project, with `file_prefix_map` (the default), hpcc:
+//!
+//! - injects `-ffile-prefix-map=<root>=.` before the caller's arguments, so objects, debug
+//!   information and `__FILE__` are free of the checkout's path;
+//! - hashes every string that may hold a path (the working directory, the source path, option
+//!   values, `-E` output, dependency prerequisites) through [`RootRewriter::rewrite`], which
+//!   replaces the root, wherever it is followed by `/` or ends the string, with [`ROOT_TOKEN`];
+//! - stores manifest paths under the root relative to it (`manifest::StoredPath::Rooted`).
+//!
+//! So two checkouts at different absolute paths produce the same keys and byte-identical
+//! objects. Without a marker nothing is injected or rewritten.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};

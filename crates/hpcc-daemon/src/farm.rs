@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hpcc_core::digest::Digest;
 use hpcc_proto::scheduler::scheduler_client::SchedulerClient;
-use hpcc_proto::scheduler::RouteRequest;
+use hpcc_proto::scheduler::{RouteReply, RouteRequest};
 use hpcc_proto::worker::compile_event::Kind as EventKind;
 use hpcc_proto::worker::compile_request::Kind as RequestKind;
 use hpcc_proto::worker::worker_client::WorkerClient;
@@ -42,6 +42,9 @@ pub struct FarmConfig {
     /// How long to keep asking when the scheduler has no free worker, before giving up
     /// (the daemon then compiles locally).
     pub route_patience: Duration,
+    /// The client keeps no cache (paranoid mode); told to the scheduler, which refuses a
+    /// paranoid tenant's routes to clients that are not.
+    pub paranoid: bool,
 }
 
 /// A compile to run remotely.
@@ -208,6 +211,16 @@ impl Farm {
     }
 
     /// Runs `request` on the farm with the user's `token`.
+    #[tracing::instrument(
+        name = "farm_compile",
+        skip_all,
+        fields(
+            tenant = %self.config.tenant,
+            image = %self.config.image,
+            compiler = %request.compiler,
+            worker = tracing::field::Empty,
+        )
+    )]
     pub async fn compile(
         &self,
         request: RemoteRequest,
@@ -219,11 +232,9 @@ impl Farm {
             .map_err(|_| FarmError::Timeout(deadline))?
     }
 
-    async fn compile_inner(
-        &self,
-        request: RemoteRequest,
-        token: &str,
-    ) -> Result<RemoteOutcome, FarmError> {
+    /// A route for one compile from the scheduler, placed on none of `avoid`; waits within
+    /// the route patience while every worker is full.
+    async fn route(&self, token: &str, avoid: Vec<String>) -> Result<RouteReply, FarmError> {
         let patience = tokio::time::Instant::now() + self.config.route_patience;
         let mut pause = Duration::from_millis(50);
         let route = loop {
@@ -234,6 +245,8 @@ impl Farm {
                     RouteRequest {
                         tenant_id: self.config.tenant.clone(),
                         image_digest: self.config.image.clone(),
+                        paranoid: self.config.paranoid,
+                        avoid_workers: avoid.clone(),
                     },
                     token,
                 ))
@@ -257,9 +270,21 @@ impl Farm {
                 }
             }
         };
-        let worker_name = route.worker_id.clone();
+        // A scheduler that routed anyway (an older one) is not trusted with the tenant's
+        // policy: its own reply says the tenant is paranoid.
+        if route.paranoid && !self.config.paranoid {
+            return Err(FarmError::Scheduler(format!(
+                "tenant {:?} is paranoid: set remote_compile.paranoid = true",
+                self.config.tenant
+            )));
+        }
+        Ok(route)
+    }
+
+    /// A connection to the worker `route` names.
+    async fn connect(&self, route: &RouteReply) -> Result<Channel, FarmError> {
         let worker_error = |message: String| FarmError::Worker {
-            worker: worker_name.clone(),
+            worker: route.worker_id.clone(),
             message,
         };
         let scheme = if route.tls_ca_pem.is_empty() {
@@ -274,10 +299,38 @@ impl Farm {
             self.config.insecure_plaintext,
         )
         .map_err(worker_error)?;
-        let channel = endpoint
+        endpoint
             .connect()
             .await
-            .map_err(|error| worker_error(format!("connecting to {}: {error}", route.address)))?;
+            .map_err(|error| worker_error(format!("connecting to {}: {error}", route.address)))
+    }
+
+    async fn compile_inner(
+        &self,
+        request: RemoteRequest,
+        token: &str,
+    ) -> Result<RemoteOutcome, FarmError> {
+        let first = self.route(token, Vec::new()).await?;
+        let (route, channel) = match self.connect(&first).await {
+            Ok(channel) => (first, channel),
+            // A worker that cannot be reached is most often one just gone (killed or
+            // restarting) that the scheduler has not yet missed: ask once more, avoiding it.
+            // Nothing was sent to it, so the job cannot run twice.
+            Err(error) => {
+                tracing::warn!(worker = %first.worker_id, %error, "worker unreachable; routing again without it");
+                let Ok(second) = self.route(token, vec![first.worker_id.clone()]).await else {
+                    return Err(error);
+                };
+                let channel = self.connect(&second).await?;
+                (second, channel)
+            }
+        };
+        let worker_name = route.worker_id.clone();
+        tracing::Span::current().record("worker", worker_name.as_str());
+        let worker_error = |message: String| FarmError::Worker {
+            worker: worker_name.clone(),
+            message,
+        };
         let mut client = WorkerClient::new(channel)
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20);

@@ -1,9 +1,21 @@
 //! The daemon's side of `[remote_compile]`: the farm client on its own runtime, and the
 //! [`RemoteCompiler`] a lookup uses to compile a miss on the farm while the wrapper waits.
 //!
+//! A miss the daemon leads is compiled on the farm instead of by the wrapper: the daemon runs the
+//! same `cache::Job` with this service as its `RemoteCompiler`. The job preprocesses here with the
+//! caller's environment (writing the dependency files a local compile writes), rewrites the
+//! project root to `/src`, and sends the text through [`hpcc_daemon::farm`]; the object comes
+//! back, is written where the compiler would have written it, and is stored under a key that
+//! names the image. Any farm failure is a `COMPILE_HERE`: the wrapper compiles locally, under the
+//! local key, and the farm sits out a 10 s cooldown.
+//!
 //! A remote compile runs on the runtime; the connection thread waits for it and sends the
 //! wrapper a heartbeat every second. A wrapper that goes away (killed, Ctrl-C) cancels the
 //! compile: dropping the call closes its stream, and the worker kills the job.
+//!
+//! In paranoid mode nothing is read from or written to this machine's cache: the daemon skips the
+//! lookup, the wrapper compiles what the farm does not without a cache, and `[[remote]]` stores
+//! are a configuration error.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +23,8 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hpcc_cli::daemon::Connection;
-use hpcc_cli::remote_compile::{RemoteCompiler, RemoteJob, RemoteResult};
+use hpcc_cache::ipc::Connection;
+use hpcc_cache::remote_compile::{RemoteCompiler, RemoteJob, RemoteResult};
 use hpcc_core::config::RemoteCompileConfig;
 use hpcc_daemon::farm::{Farm, FarmConfig, RemoteRequest};
 use hpcc_daemon::login::{self, TokenError};
@@ -62,6 +74,7 @@ impl FarmService {
                 image: config.image.clone(),
                 timeout: Duration::from_secs(config.timeout_secs),
                 route_patience: Duration::from_secs(config.route_patience_secs),
+                paranoid: config.paranoid,
             })
             .map_err(|error| anyhow::anyhow!("remote_compile: {error}"))?
         };
@@ -122,9 +135,9 @@ impl FarmService {
                 }
                 self.runtime
                     .block_on(login::refresh(&self.config))
-                    .map_err(|error| error.to_string())
+                    .map_err(|error| hpcc_core::report::chain(&error))
             }
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(hpcc_core::report::chain(&error)),
         }
     }
 
@@ -180,7 +193,7 @@ impl RemoteCompiler for ConnectionFarm<'_> {
             match receiver.recv_timeout(Duration::from_secs(1)) {
                 Ok(outcome) => break outcome,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if !crate::server::heartbeat(&mut self.connection.borrow_mut()) {
+                    if !crate::wire::heartbeat(&mut self.connection.borrow_mut()) {
                         call.abort();
                         return Err("the wrapper went away".into());
                     }

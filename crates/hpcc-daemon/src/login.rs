@@ -16,6 +16,8 @@
 //! A reader refuses a file that is a symbolic link, is not a regular file, belongs to another
 //! user or grants anything to group or others: a bearer token anyone else could read, or plant,
 //! is not used. Tenant ids become file names only if they are safe ones ([`check_tenant`]).
+//! A token within [`EXPIRY_MARGIN_SECS`] of its expiry is not used either; [`refresh`] renews it
+//! with its refresh token. The file's JSON is an interface between builds: fields are only added.
 //!
 //! The functions that touch files take the directory explicitly (`*_in`); only [`cached_token`]
 //! and [`refresh`] read the environment, so tests never share process-global state.
@@ -27,7 +29,6 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use hpcc_core::config::RemoteCompileConfig;
 use hpcc_proto::scheduler::scheduler_client::SchedulerClient;
 use hpcc_proto::scheduler::GetTenantIdPRequest;
@@ -312,57 +313,21 @@ pub fn unix_now() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
-/// `unix` as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+/// `unix` as `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339, UTC).
 pub fn rfc3339(unix: u64) -> String {
-    let (year, month, day) = civil_from_days(unix / 86_400);
-    let seconds = unix % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        seconds / 3_600,
-        seconds % 3_600 / 60,
-        seconds % 60
-    )
-}
-
-/// The Gregorian date of a day number since 1970-01-01. Counting from 0000-03-01 instead puts
-/// each leap day at the end of its year, and whole 400-year eras (146097 days) repeat exactly.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let shifted = days + 719_468;
-    let era = shifted / 146_097;
-    let day_of_era = shifted % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    // Months from March, of 31, 30, 31, 30, 31 days and so on: 153 days per five months.
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = era * 400 + year_of_era + u64::from(month <= 2);
-    (year, month, day)
+    i64::try_from(unix)
+        .ok()
+        .and_then(|seconds| jiff::Timestamp::from_second(seconds).ok())
+        .map_or_else(
+            || format!("{unix} seconds after the epoch"),
+            |time| time.to_string(),
+        )
 }
 
 /// The `exp` claim of a JWT, read without verifying anything (only to know when to stop
 /// using a token the IdP gave without `expires_in`; the scheduler verifies it).
 pub fn jwt_expiry(token: &str) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Expiry {
-        exp: u64,
-    }
-    let mut parts = token.split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if payload.len() > MAX_TOKEN_BYTES {
-        return None;
-    }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice::<Expiry>(&bytes)
-        .ok()
-        .map(|expiry| expiry.exp)
+    hpcc_auth::unverified_expiry(token)
 }
 
 /// Refuses tenant ids that are not a safe file name: `[A-Za-z0-9._-]{1,200}`, not starting
@@ -965,6 +930,7 @@ pub async fn refresh(config: &RemoteCompileConfig) -> Result<String, TokenError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     fn token(tenant: &str, expires_at: u64) -> CachedToken {
         CachedToken {
@@ -1163,15 +1129,21 @@ mod tests {
         let error = cached_token_in(dir.path(), "acme", 0).expect_err("fifo");
         assert!(error.to_string().contains("regular file"), "{error}");
         std::fs::remove_file(&path).expect("unlink");
-        // Another user's file (only root can make one).
-        if rustix::process::geteuid().is_root() {
-            let path = store_token_in(dir.path(), &token("acme", 2_000)).expect("store");
-            std::os::unix::fs::chown(&path, Some(4_242), None).expect("chown");
-            let error = cached_token_in(dir.path(), "acme", 0).expect_err("foreign owner");
-            assert!(error.to_string().contains("uid 4242"), "{error}");
-        } else {
-            println!("skipped: a file of another user: needs root to create one");
-        }
+    }
+
+    /// A token file of another user is refused. Only root can make one, so this test needs root
+    /// and fails, saying so, without it (CI runs as root) rather than passing unrun.
+    #[test]
+    fn another_users_token_file_is_refused() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "needs root, to chown a token file to another user"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = store_token_in(dir.path(), &token("acme", 2_000)).expect("store");
+        std::os::unix::fs::chown(&path, Some(4_242), None).expect("chown");
+        let error = cached_token_in(dir.path(), "acme", 0).expect_err("foreign owner");
+        assert!(error.to_string().contains("uid 4242"), "{error}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use hpcc_cli::settings::Settings;
+use hpcc_cache::settings::Settings;
 use hpcc_core::config::RemoteCompileConfig;
 use hpcc_daemon::login::{self, Grant, Secret, TokenError};
 

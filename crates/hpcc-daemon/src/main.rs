@@ -15,24 +15,38 @@ mod farm_service;
 mod login_command;
 mod remote;
 mod server;
+mod wire;
 
 use std::process::ExitCode;
 
-use hpcc_cli::settings::Settings;
+use hpcc_cache::settings::Settings;
+
+const USAGE: &str = "\
+usage: hpccd                  run the daemon in the foreground (configured like hpcc)
+       hpccd login [options]  get a token for remote compilation (hpccd login --help)
+       hpccd logout           forget it
+       hpccd --help | --version";
 
 fn main() -> ExitCode {
-    hpcc_cli::init_logging();
     let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if hpcc_core::cli::help_or_version("hpccd", USAGE, &args) {
+        return ExitCode::SUCCESS;
+    }
     match args.first().map(|first| first.to_str()) {
-        None => {}
-        Some(Some("login")) => return login_command::login(&args[1..]),
-        Some(Some("logout")) => return login_command::logout(&args[1..]),
+        // The service logs at `info` by default (to its log file, where its stderr goes), so a
+        // remote store's or the farm's warning is never lost; `HPCC_LOG` overrides.
+        None => hpcc_core::logging::init_stderr("info"),
+        // Commands at a terminal stay quiet unless asked.
+        Some(Some("login")) => {
+            hpcc_cache::init_logging();
+            return login_command::login(&args[1..]);
+        }
+        Some(Some("logout")) => {
+            hpcc_cache::init_logging();
+            return login_command::logout(&args[1..]);
+        }
         Some(_) => {
-            eprintln!(
-                "usage: hpccd                  run the daemon in the foreground (configured like hpcc)\n       \
-                 hpccd login [options]    get a token for remote compilation (hpccd login --help)\n       \
-                 hpccd logout             forget it"
-            );
+            eprintln!("hpccd: unexpected arguments {args:?}\n{USAGE}");
             return ExitCode::from(2);
         }
     }

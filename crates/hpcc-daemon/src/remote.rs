@@ -6,15 +6,29 @@
 //!   carries on exactly as after a local hit.
 //! - [`Remote::upload`], after a wrapper has stored a compile, queues its entries for every
 //!   writable tier and returns at once.
+//! - [`Remote::drain_journal`] does the same for the entries wrappers stored without the daemon
+//!   (before it was up, or when it could not serve), which they list in the cache's upload
+//!   journal ([`hpcc_cache::upload_journal`]): the daemon drains it on its housekeeping thread
+//!   when it starts, every second, and once more when it stops, before the final flush. So no
+//!   entry made while remote tiers are configured stays local only, whichever process made it.
 //!
 //! Lookups run on the connection threads, which block on the runtime for the remote call;
 //! uploads and backfills run on the runtime's own two threads.
+//!
+//! A remote store is never on the path of a local hit: the tiers are asked only after the
+//! memory tier and the disk missed (or held a corrupt entry). A remote fault is never more than
+//! a miss: every call has a deadline, and a store that failed sits out its cooldown.
+//!
+//! A stored compile is queued result first, then its manifest. Manifests written by several
+//! machines under one key are last-writer-wins: each machine adds its entry to the manifest it
+//! fetched, so an entry lost to a concurrent write costs one miss.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hpcc_cli::cache::RemoteFallback;
-use hpcc_core::config::{Backend, RemoteConfig};
+use hpcc_cache::cache::RemoteFallback;
+use hpcc_cache::upload_journal;
+use hpcc_core::config::RemoteConfig;
 use hpcc_core::digest::Digest;
 use hpcc_store::remote::{self, Created, Found, Tier, Tiers};
 use hpcc_store::{DiskStore, Kind};
@@ -42,9 +56,7 @@ impl Remote {
         let mut tiers = Vec::new();
         let mut stats_names = Vec::new();
         for config in configs {
-            for store in buckets_to_create(config) {
-                runtime.block_on(create_bucket(store));
-            }
+            runtime.block_on(create_buckets(config));
             let store = remote::open(config)?;
             stats_names.push(stats_name(&config.display_name()));
             tiers.push(Tier::new(
@@ -69,6 +81,16 @@ impl Remote {
     pub fn upload(&self, store: &DiskStore, kind: Kind, key: &Digest) {
         if let Ok(Some(object)) = store.get_verified(kind, key) {
             self.tiers.put(object);
+        }
+    }
+
+    /// Queues for upload every entry wrappers stored by themselves and journaled (see
+    /// [`hpcc_cache::upload_journal`]); entries no longer in `store` are skipped.
+    pub fn drain_journal(&self, store: &DiskStore, cache_dir: &std::path::Path) {
+        match upload_journal::drain(cache_dir, |kind, key| self.upload(store, kind, &key)) {
+            Ok(0) => {}
+            Ok(count) => tracing::info!("queued {count} journaled entries for upload"),
+            Err(error) => tracing::warn!("cannot drain the upload journal: {error:#}"),
         }
     }
 
@@ -109,48 +131,18 @@ impl RemoteFallback for Remote {
     }
 }
 
-/// The S3 stores of `config` (itself, or a cluster's members) that have `auto_create`.
-fn buckets_to_create(config: &RemoteConfig) -> Vec<&RemoteConfig> {
-    match &config.backend {
-        Backend::S3 {
-            auto_create: true, ..
-        } => vec![config],
-        Backend::Cluster { endpoints, .. } => {
-            endpoints.iter().flat_map(buckets_to_create).collect()
+/// Creates the buckets of `config`'s S3 stores with `auto_create`; failures are said and the
+/// store used as it is (its calls then fail and are counted).
+async fn create_buckets(config: &RemoteConfig) {
+    for (bucket, outcome) in remote::create_configured_buckets(config).await {
+        match outcome {
+            Ok(Created::Made) => eprintln!(
+                "hpcc daemon: created bucket {bucket} ({})",
+                config.display_name()
+            ),
+            Ok(Created::Existed) => {}
+            Err(error) => eprintln!("hpcc daemon: {error}"),
         }
-        _ => Vec::new(),
-    }
-}
-
-/// Creates the bucket of an S3 store with `auto_create`, before anything is written to it.
-/// A failure is logged and the store used as it is: its calls then fail and are counted.
-async fn create_bucket(config: &RemoteConfig) {
-    let Backend::S3 {
-        bucket,
-        endpoint,
-        region,
-        virtual_host_style,
-        ..
-    } = &config.backend
-    else {
-        return;
-    };
-    let name = config.display_name();
-    let region = region.as_deref().unwrap_or("us-east-1");
-    let timeout = Duration::from_millis(config.options.write_timeout_ms);
-    match remote::create_bucket(
-        &name,
-        endpoint.as_deref(),
-        bucket,
-        region,
-        *virtual_host_style,
-        timeout,
-    )
-    .await
-    {
-        Ok(Created::Made) => eprintln!("hpcc daemon: created bucket {bucket} ({name})"),
-        Ok(Created::Existed) => {}
-        Err(error) => eprintln!("hpcc daemon: {error}"),
     }
 }
 

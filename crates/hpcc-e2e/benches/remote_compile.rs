@@ -9,14 +9,20 @@
 //! process running the sandbox), first on a cold worker cache and then again (a worker-cache
 //! hit). Prints per-compile overhead percentiles and the bytes on the wire with and without
 //! zstd, as a Markdown table for docs/BENCHMARKS.md.
+//!
+//! Then the fleet: two in-process workers sharing a real `redis-server` as their
+//! `[[cache.remote]]` tier. One client builds every source on worker 1; a second client, on
+//! another machine as far as the farm knows, builds them all again routed to worker 2: every
+//! compile should be a hit from the shared tier, and the table gives that second build's time.
+// Test servers and clients are spawned directly: the spawn rule is for the services.
+#![allow(clippy::disallowed_methods)]
 #![allow(dead_code, unused_imports)] // the test modules below carry what only the tests use
 
 #[path = "../tests/it/client.rs"]
 mod client;
 #[path = "../tests/it/farm.rs"]
 mod farm;
-#[path = "../tests/it/idp.rs"]
-mod idp;
+use hpcc_testkit::idp;
 #[path = "../tests/it/image.rs"]
 mod image;
 #[path = "../tests/it/login.rs"]
@@ -25,6 +31,15 @@ mod login;
 mod registry;
 #[path = "../tests/it/scheduler.rs"]
 mod scheduler;
+#[path = "../../hpcc-cli/tests/it/servers.rs"]
+mod servers;
+
+/// What `servers` asks of its harness.
+mod harness {
+    pub fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+}
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -44,6 +59,12 @@ pub enum Need {
     Cargo,
     /// QEMU and the guest kernel.
     Vm,
+    /// cgroups for jailed VMMs.
+    Jail,
+    /// redis-server.
+    Redis,
+    /// moto's S3 server.
+    S3,
 }
 
 /// As in the test binary.
@@ -173,7 +194,7 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-fn run() -> Result<(), String> {
+fn corpus() -> Result<PathBuf, String> {
     let corpus = std::env::var_os("CORPUS")
         .map(PathBuf::from)
         .or_else(|| {
@@ -186,6 +207,11 @@ fn run() -> Result<(), String> {
             corpus.display()
         )
     })?;
+    Ok(corpus)
+}
+
+fn run() -> Result<(), String> {
+    let corpus = corpus()?;
     let sources = sources(&corpus)?;
     // Built before the farm starts: the build takes minutes the first time.
     client::client_binaries()?;
@@ -277,6 +303,79 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// Two workers sharing a Redis tier: a build on worker 1 from one client, then the same build
+/// from a second client routed to worker 2.
+fn fleet(corpus: &Path, sources: &[Source]) -> Result<(), String> {
+    let redis_dir = tempfile::tempdir().map_err(|error| error.to_string())?;
+    let redis = servers::redis(redis_dir.path())?;
+    let cache: hpcc_core::config::WorkerCacheConfig = toml::from_str(&format!(
+        "[[remote]]\ntype = \"redis\"\nendpoint = \"redis://127.0.0.1:{}\"\n",
+        redis.port
+    ))
+    .map_err(|error| error.to_string())?;
+    let land = farm::Farmland::build(farm::FarmSpec {
+        workers: 2,
+        cache,
+        ..farm::FarmSpec::default()
+    })?;
+    let token = land.token_a();
+    let build = |worker: &str| -> Result<(Duration, usize, Vec<Duration>), String> {
+        let other = if worker == "w1" { "w2" } else { "w1" };
+        land.unfill(worker)?;
+        land.fill(other)?;
+        // A client of its own: as another developer's daemon would be.
+        let client = land.farm("a")?;
+        let started = Instant::now();
+        let mut hits = 0;
+        let mut each = Vec::new();
+        for source in sources {
+            let run = remote(&land, &client, &token, corpus, source)?;
+            hits += usize::from(run.cache_hit);
+            each.push(run.elapsed);
+        }
+        Ok((started.elapsed(), hits, each))
+    };
+    let (first, first_hits, _) = build("w1")?;
+    for worker in &land.workers {
+        land.runtime
+            .block_on(worker.worker.cache().settle(Duration::from_secs(30)));
+    }
+    let (second, second_hits, mut each) = build("w2")?;
+    each.sort();
+    let from_tier = land.workers[1]
+        .worker
+        .cache()
+        .counters()
+        .snapshot()
+        .into_iter()
+        .find(|(name, _)| *name == "remote_hits")
+        .map_or(0, |(_, value)| value);
+    println!(
+        "\nFleet: two workers sharing one redis-server tier; one client builds on worker 1, a second client builds again routed to worker 2\n"
+    );
+    println!("| build | hits | time | per compile p50 |");
+    println!("|---|---|---|---|");
+    println!(
+        "| client 1 on worker 1 (cold) | {first_hits}/{} | {:.1} s | |",
+        sources.len(),
+        first.as_secs_f64()
+    );
+    println!(
+        "| client 2 on worker 2 | {second_hits}/{} ({from_tier} from the shared tier) | {:.1} s ({:.2}× the cold build) | {:.0} ms |",
+        sources.len(),
+        second.as_secs_f64(),
+        second.as_secs_f64() / first.as_secs_f64(),
+        millis(each[each.len() / 2])
+    );
+    if second_hits != sources.len() {
+        return Err(format!(
+            "the second build hit {second_hits} of {}",
+            sources.len()
+        ));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // `cargo test --benches` runs this with `--bench` absent; only `cargo bench` measures.
     if !std::env::args().any(|arg| arg == "--bench") {
@@ -287,7 +386,12 @@ fn main() -> ExitCode {
         println!("skipped: remote_compile: needs root (the sandbox runtime)");
         return ExitCode::SUCCESS;
     }
-    match run() {
+    let fleet_only = std::env::var_os("FLEET_ONLY").is_some();
+    let result = if fleet_only { Ok(()) } else { run() }.and_then(|()| {
+        let corpus = corpus()?;
+        fleet(&corpus, &sources(&corpus)?)
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("remote_compile: {error}");

@@ -15,7 +15,8 @@
 //! - [`flatten`]: applying layers with whiteouts, refusing anything that could write outside
 //!   the target, within caps ([`Flattener`], [`FlattenLimits`]).
 //! - [`oci`]: the JSON documents and media types.
-//! - [`store`]: [`ImageStore`], its blob store and rootfs cache with LRU eviction.
+//! - [`store`]: [`ImageStore`], its blob store and rootfs cache with LRU eviction; an image
+//!   is flattened once however many jobs ask for it at once ([`flight`]).
 //! - [`import`]: OCI layout directories and docker-archives, for air-gapped sites.
 //! - [`pull`]: registries, through `oci-client`.
 //!
@@ -35,12 +36,16 @@
 //!
 //! **Invariant:** nothing in this crate follows a symlink found in an image, and nothing is
 //! written outside the store directory; the returned trees must be used the same way.
+//!
+//! It is a crate of its own, rather than part of `hpcc-runtime`, so that the code parsing
+//! hostile archives lives where unsafe code is forbidden.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
 pub mod digest;
 pub mod flatten;
+pub mod flight;
 pub mod import;
 pub mod oci;
 pub mod pull;

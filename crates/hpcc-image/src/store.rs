@@ -17,19 +17,25 @@
 //!
 //! **Invariant:** `rootfs/<hex>` exists only complete: it is built under `tmp/` and renamed
 //! into place, so any number of processes may ask for the same image at once; one rename
-//! wins and the others discard their copy and use the winner's. Eviction renames an entry
+//! wins and the others discard their copy and use the winner's. Within a process (one store
+//! and its clones), an image is flattened once however many threads ask for it at once
+//! ([`crate::flight`]): the others wait for that flattening and get its tree, or its failure;
+//! a later request after a failure tries again. Eviction renames an entry
 //! back into `tmp/` before deleting it, so a reader sees a whole tree or none.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::instrument;
 
 use crate::digest::{BlobDigest, HashingWriter, ImageDigest, VerifyingReader};
 use crate::flatten::{Compression, FlattenError, FlattenLimits, Flattener};
+use crate::flight::{FlightError, SingleFlight};
 use crate::oci::{self, Described};
 
 /// JSON documents (manifests, indexes, configs) are read into memory up to this size.
@@ -162,6 +168,15 @@ pub enum StoreError {
         #[source]
         source: FlattenError,
     },
+    /// Another request flattening the same image at the same time failed; this one waited
+    /// for it.
+    #[error("flattening image {digest} failed (in a concurrent request): {message}")]
+    Concurrent {
+        /// The image.
+        digest: ImageDigest,
+        /// That request's error, with its causes.
+        message: String,
+    },
     /// Reading or writing the rootfs cache failed.
     #[error("rootfs cache i/o failed at {path}")]
     Cache {
@@ -188,6 +203,13 @@ pub struct Layer {
 pub struct ImageStore {
     root: PathBuf,
     limits: Limits,
+    /// Flattenings in flight, by image hex, shared by clones.
+    flights: Arc<SingleFlight<PathBuf>>,
+    /// Flattenings started by this store and its clones.
+    flattened: Arc<AtomicU64>,
+    /// Tests: how long a flattening sleeps first, so that concurrent requests overlap.
+    #[cfg(test)]
+    pub(crate) flatten_delay: std::time::Duration,
 }
 
 impl ImageStore {
@@ -196,6 +218,10 @@ impl ImageStore {
         let store = ImageStore {
             root: root.into(),
             limits,
+            flights: Arc::default(),
+            flattened: Arc::default(),
+            #[cfg(test)]
+            flatten_delay: std::time::Duration::ZERO,
         };
         for dir in [store.blob_dir(), store.cache_dir(), store.tmp_dir()] {
             fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
@@ -433,6 +459,35 @@ impl ImageStore {
             touch(&entry)?;
             return Ok(tree);
         }
+        self.flights
+            .run(image.hex(), || self.flatten(image))
+            .map_err(|error| match error {
+                FlightError::Own(error) => error,
+                FlightError::Shared(message) => StoreError::Concurrent {
+                    digest: image.clone(),
+                    message,
+                },
+            })
+    }
+
+    /// Images this store (and its clones) started flattening, failed attempts included.
+    pub fn flatten_count(&self) -> u64 {
+        self.flattened.load(Ordering::Relaxed)
+    }
+
+    /// Flattens `image` into the cache (the caller made sure no other thread of this process
+    /// is doing so).
+    fn flatten(&self, image: &ImageDigest) -> Result<PathBuf, StoreError> {
+        let entry = self.cache_dir().join(image.hex());
+        let tree = entry.join("rootfs");
+        // Finished by a flight that landed between our look and our take-off.
+        if tree.is_dir() {
+            touch(&entry)?;
+            return Ok(tree);
+        }
+        self.flattened.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        std::thread::sleep(self.flatten_delay);
         let layers = self.layers(image)?;
         let cache_error = |path: &Path| {
             let path = path.to_owned();

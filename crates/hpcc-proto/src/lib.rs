@@ -6,6 +6,14 @@
 //!   server behind the `client` and `server` features.
 //! - [`worker`]: compiles on a worker (`hpcc.worker.v1`), likewise.
 //! - [`agent`]: the worker ↔ `hpcc-agent` protocol inside an isolation session (`hpcc.agent.v1`).
+//! - [`serial_sync`]: the preamble that starts each `hpcc.agent.v1` connection over a
+//!   virtio-serial port (the `qemu` runtime's agent channel).
+//!
+//! These are API boundaries between builds of hpcc: a wrapper and a daemon, a client and a
+//! farm, may come from different versions. Fields are only ever added. A change that older
+//! peers would misread bumps [`DAEMON_PROTOCOL_VERSION`] for the daemon protocol, whose `Hello`
+//! refuses any other version; `hpcc.worker.v1` keeps fields reserved for the content-addressed
+//! source mode still to come.
 #![allow(missing_docs)] // generated code; the .proto files document every message
 #![allow(clippy::doc_markdown, clippy::derive_partial_eq_without_eq)]
 
@@ -41,3 +49,5 @@ pub mod scheduler {
 pub mod worker {
     include!(concat!(env!("OUT_DIR"), "/hpcc.worker.v1.rs"));
 }
+
+pub mod serial_sync;

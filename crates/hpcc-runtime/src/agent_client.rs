@@ -6,6 +6,11 @@
 //! allocation, the sum of stream and output bytes by the header's `max_output_bytes`, and only
 //! outputs the header asked for, each once, are accepted. Nothing here knows what carries the
 //! bytes, so the VM runtimes reuse it over vsock.
+//!
+//! Frames are `hpcc_core::frame`'s, the codec the agent speaks. The host writes them through a
+//! `BufWriter` with [`hpcc_core::frame::encode`] and flushes only where it then waits for the
+//! agent (after the hello, after the inputs), so a job's many small input frames go out in few
+//! writes; that is the exception the codec's flush rule names.
 
 use std::time::Duration;
 
@@ -13,11 +18,12 @@ use hpcc_proto::agent::{
     agent_message, host_message, output_stream, AgentHello, AgentMessage, HostMessage, InputChunk,
     InputsDone, JobHeader, JobResult,
 };
-use hpcc_proto::{AGENT_CHUNK_LEN, AGENT_PROTOCOL_VERSION};
+use hpcc_proto::{AGENT_CHUNK_LEN, AGENT_PROTOCOL_VERSION, MAX_AGENT_FRAME_LEN};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::frame::{read_frame, write_frame, FrameError};
 use crate::{AgentStream, RuntimeError};
+use hpcc_core::frame::asynchronous::read_frame;
+use hpcc_core::frame::{encode, FrameError};
 
 /// The output bound used when a header's `max_output_bytes` is 0.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 256 << 20;
@@ -91,6 +97,28 @@ pub async fn run_job(
     }
 }
 
+/// Checks that the agent behind `stream` (a fresh connection) answers: hello, then its
+/// welcome, then the connection is closed before any job. The agent takes a connection that
+/// ends there as a probe, not an error.
+pub async fn ping(session: &str, stream: Box<dyn AgentStream>) -> Result<(), RuntimeError> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let hello = AgentHello {
+        protocol_version: AGENT_PROTOCOL_VERSION,
+    };
+    send(session, &mut writer, host_message::Kind::Hello(hello)).await?;
+    match receive(session, &mut reader, "AgentWelcome").await? {
+        agent_message::Kind::Welcome(_) => Ok(()),
+        agent_message::Kind::Refused(refused) => Err(agent_error(
+            session,
+            format!("agent refused us: {}", refused.reason),
+        )),
+        other => Err(agent_error(
+            session,
+            format!("expected AgentWelcome, got {}", kind_name(&other)),
+        )),
+    }
+}
+
 fn agent_error(session: &str, message: String) -> RuntimeError {
     RuntimeError::Agent {
         session: session.to_owned(),
@@ -113,9 +141,13 @@ async fn send<W: AsyncWrite + Unpin>(
     writer: &mut W,
     kind: host_message::Kind,
 ) -> Result<(), RuntimeError> {
-    write_frame(writer, &HostMessage { kind: Some(kind) })
+    // Buffered on purpose, not flushed: see the module docs.
+    let frame = encode(&HostMessage { kind: Some(kind) }, MAX_AGENT_FRAME_LEN)
+        .map_err(|error| frame_error(session, error))?;
+    writer
+        .write_all(&frame)
         .await
-        .map_err(|error| frame_error(session, error))
+        .map_err(|source| frame_error(session, FrameError::Io(source)))
 }
 
 async fn receive<R: AsyncRead + Unpin>(
@@ -123,7 +155,7 @@ async fn receive<R: AsyncRead + Unpin>(
     reader: &mut R,
     waiting_for: &str,
 ) -> Result<agent_message::Kind, RuntimeError> {
-    match read_frame::<AgentMessage, _>(reader).await {
+    match read_frame::<AgentMessage, _>(reader, MAX_AGENT_FRAME_LEN).await {
         Ok(Some(AgentMessage { kind: Some(kind) })) => Ok(kind),
         Ok(Some(AgentMessage { kind: None })) => Err(agent_error(
             session,

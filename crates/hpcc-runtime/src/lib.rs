@@ -5,8 +5,18 @@
 //! and an empty work directory. The worker keeps sessions warm and runs jobs in them; each job
 //! is one connection to the agent ([`Session::connect`]) speaking `hpcc.agent.v1`
 //! ([`agent_client::run_job`]). Only how a session starts and how a connection reaches its
-//! agent differ between runtimes: a Unix socket for the sandbox, hybrid vsock for QEMU and
-//! Firecracker. So a VM runtime implements these two traits and nothing in the worker changes.
+//! agent differ between runtimes: a Unix socket for the [`sandbox`], virtio-serial ports for
+//! [`vm::qemu`], hybrid vsock for [`vm::firecracker`]. So a runtime implements these two traits,
+//! the worker picks one from its config, and nothing above [`Runtime`] differs; [`health`]
+//! notices a session that stopped answering, whichever runtime runs it.
+//!
+//! Invariants: a guest has no network device (`-nodefaults -nic none`; its only channel is the
+//! agent's), and its VMM dies with the worker (`PR_SET_PDEATHSIG`). All unsafe code is in one
+//! private `sys` module. [`testing`] builds what the tests boot (the static agent, a Debian
+//! image with gcc, and Debian's cloud kernel, downloaded with `apt-get download` and unpacked,
+//! never installed).
+// Unit tests spawn their own tasks directly: the spawn rule is for the services.
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -16,9 +26,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub mod agent_binary;
 pub mod agent_client;
-mod frame;
+pub mod health;
 pub mod sandbox;
+mod session;
 #[allow(unsafe_code)]
 mod sys;
 pub mod testing;
@@ -29,6 +41,14 @@ pub mod vm;
 /// not outlive whoever started them.
 pub fn kill_with_parent(command: &mut tokio::process::Command) {
     sys::kill_with_parent(command);
+}
+
+/// Moves the calling thread into new namespaces of the kinds in `flags` (`unshare(2)`); the
+/// descriptor table (`CLONE_FILES`) is refused. For `fake-jailer`, the test double of
+/// Firecracker's jailer, which does what the jailer does without unsafe code of its own.
+#[doc(hidden)]
+pub fn unshare(flags: rustix::thread::UnshareFlags) -> std::io::Result<()> {
+    sys::unshare(flags)
 }
 
 /// What a session is for, and how it is confined.
@@ -132,6 +152,34 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Starts a session; returns once its agent accepts connections.
     async fn start(&self, spec: &SessionSpec) -> Result<Box<dyn Session>, RuntimeError>;
+
+    /// Host memory one session of this runtime may take, in bytes (guest RAM plus the VMM's
+    /// own overhead), for the pool's memory accounting; 0 when the runtime does not know.
+    fn session_memory(&self) -> u64 {
+        0
+    }
+
+    /// What a snapshot of this runtime depends on besides the tenant and image (the guest
+    /// kernel's digest and the VMM's version), or `None` if the runtime cannot snapshot. A
+    /// snapshot is restored only by a runtime with the same identity.
+    fn snapshot_identity(&self) -> Option<String> {
+        None
+    }
+
+    /// Resumes a session from the files [`Session::snapshot`] wrote into `dir`, for `spec`
+    /// (the same tenant and image: the caller keys and checks snapshots). Returns once its
+    /// agent accepts connections.
+    async fn restore(
+        &self,
+        spec: &SessionSpec,
+        dir: &std::path::Path,
+    ) -> Result<Box<dyn Session>, RuntimeError> {
+        let _ = (spec, dir);
+        Err(RuntimeError::Unavailable {
+            runtime: self.name(),
+            reason: "this runtime cannot restore snapshots".into(),
+        })
+    }
 }
 
 /// One running session: an isolated environment with an agent as PID 1.
@@ -146,6 +194,42 @@ pub trait Session: Send + Sync {
     /// Whether the session still runs (its agent has not exited).
     fn is_alive(&self) -> bool;
 
+    /// Checks that the agent answers a fresh connection (hello, then its welcome) within
+    /// `timeout`; runtimes whose connections are a limited resource keep one for this.
+    async fn ping(&self, timeout: Duration) -> Result<(), RuntimeError> {
+        let ping = async {
+            let stream = self.connect().await?;
+            agent_client::ping(self.id(), stream).await
+        };
+        tokio::time::timeout(timeout, ping)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RuntimeError::Agent {
+                    session: self.id().to_owned(),
+                    message: format!("no welcome within {} ms", timeout.as_millis()),
+                })
+            })
+    }
+
     /// Stops the session and removes everything it left on the host.
     async fn stop(self: Box<Self>) -> Result<(), RuntimeError>;
+
+    /// Host processes that make up the session (the VMM, its device backends), for health
+    /// checks and for tests that look at a session from outside.
+    fn host_pids(&self) -> Vec<u32> {
+        Vec::new()
+    }
+
+    /// Pauses the guest, saves its whole state into the empty directory `dir`, and stops the
+    /// session as [`Session::stop`] does, whatever the outcome. Files written are the
+    /// caller's to key, digest and protect.
+    async fn snapshot(self: Box<Self>, dir: &std::path::Path) -> Result<(), RuntimeError> {
+        let _ = dir;
+        let id = self.id().to_owned();
+        self.stop().await?;
+        Err(RuntimeError::Agent {
+            session: id,
+            message: "this runtime cannot snapshot sessions".into(),
+        })
+    }
 }

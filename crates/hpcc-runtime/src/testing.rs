@@ -161,7 +161,7 @@ fn build_image() -> Result<PathBuf, String> {
 }
 
 /// What a test guest boots: Debian's cloud kernel and the modules it needs for virtio-mmio,
-/// virtio-blk and vsock, in load order.
+/// virtio-blk, virtio-serial and vsock, in load order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestKernel {
     /// The kernel image.
@@ -170,12 +170,15 @@ pub struct GuestKernel {
     pub modules: Vec<PathBuf>,
 }
 
-/// The modules Debian's cloud kernel needs for a microVM guest, in load order.
-pub const GUEST_MODULES: [&str; 7] = [
+/// The modules Debian's cloud kernel needs for a microVM guest, in load order: virtio over
+/// MMIO, the root disk, `virtio_console` for the `qemu` runtime's agent ports (virtio-serial),
+/// and vsock for Firecracker's.
+pub const GUEST_MODULES: [&str; 8] = [
     "kernel/drivers/virtio/virtio_ring.ko",
     "kernel/drivers/virtio/virtio.ko",
     "kernel/drivers/virtio/virtio_mmio.ko",
     "kernel/drivers/block/virtio_blk.ko",
+    "kernel/drivers/char/virtio_console.ko",
     "kernel/net/vmw_vsock/vsock.ko",
     "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko",
     "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko",
@@ -266,15 +269,8 @@ fn fetch_kernel() -> Result<GuestKernel, String> {
 }
 
 /// `qemu-system-x86_64` and `vhost-device-vsock` (`PATH`, then `~/.cargo/bin`), or why not.
-///
-/// The microVM tests run only with `HPCC_TEST_VMS=1` (`HPCC_TEST_VMS=1 scripts/test.sh`
-/// installs what they need): software-emulated guests keep both cores of a small machine
-/// busy, which made timing-bound sandbox tests running beside them fail, and one guest job
-/// in about ten runs has hung (not yet understood).
+/// `scripts/test.sh` installs both.
 pub fn vm_tools() -> Result<(PathBuf, PathBuf), String> {
-    if std::env::var_os("HPCC_TEST_VMS").is_none_or(|value| value != "1") {
-        return Err("the microVM tests run with HPCC_TEST_VMS=1".into());
-    }
     let find = |name: &str, hint: &str| -> Result<PathBuf, String> {
         let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
             .map(|path| std::env::split_paths(&path).collect())

@@ -8,7 +8,10 @@
 //! Tenant isolation: `route` validates the bearer token against the JWKS of the tenant the
 //! request names, fetched from that tenant's `jwks_uri` only; an IdP configured for tenant A
 //! is never asked about a token for B. An image a tenant is not allowed is refused before any
-//! worker is chosen.
+//! worker is chosen, and so is a paranoid tenant's client that is not in paranoid mode itself
+//! (it would keep a cache of its own). The scheduler never sees sources, objects or cache keys.
+// Unit tests spawn their own tasks directly: the spawn rule is for the services.
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
@@ -20,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hpcc_auth::{RoutingClaims, RoutingKey};
+use hpcc_auth::{RoutingClaims, RoutingKey, TenantPolicy};
 use hpcc_core::config::{SchedulerConfig, TenantConfig};
 use hpcc_proto::scheduler::{
     HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest, RouteReply, TenantIdP,
@@ -79,6 +82,12 @@ pub enum SchedulerError {
         /// What is wrong.
         message: String,
     },
+    /// A paranoid tenant's route was asked for by a client not in paranoid mode.
+    #[error(
+        "tenant {0:?} is paranoid: its clients must run in paranoid mode \
+         (remote_compile.paranoid = true), keeping no cache of their own"
+    )]
+    NotParanoid(String),
     /// Signing a routing token failed.
     #[error("signing a routing token: {0}")]
     Signing(hpcc_auth::AuthError),
@@ -87,6 +96,8 @@ pub enum SchedulerError {
 struct Tenant {
     config: TenantConfig,
     jwks: JwksCache,
+    /// What its routing tokens tell workers: namespace, paranoid, quotas.
+    policy: TenantPolicy,
 }
 
 /// The scheduler's state.
@@ -115,15 +126,18 @@ impl Scheduler {
                     Tenant {
                         config: tenant.clone(),
                         jwks: JwksCache::new(tenant.jwks_uri.clone()),
+                        policy: policy_of(config, tenant),
                     },
                 )
             })
             .collect();
         Scheduler {
             tenants,
-            registry: Mutex::new(Registry::new(Duration::from_secs(
-                config.worker_expiry_secs,
-            ))),
+            registry: Mutex::new(
+                Registry::new(Duration::from_secs(config.worker_expiry_secs)).with_stale_after(
+                    Duration::from_millis(config.heartbeat_interval_ms.saturating_mul(3)),
+                ),
+            ),
             routing_key,
             routing_ttl: config.routing_ttl_secs,
             worker_secret: worker_secret.trim_ascii().to_vec(),
@@ -155,13 +169,35 @@ impl Scheduler {
         })
     }
 
-    /// Validates `bearer` for `tenant_id`, checks the image, picks a worker and signs a
-    /// routing token for it. `now` is Unix seconds.
+    /// Validates `bearer` for `tenant_id`, checks the image and the client's mode
+    /// (`paranoid_client`), picks a worker and signs a routing token for it, carrying the
+    /// tenant's policy. `now` is Unix seconds.
     pub async fn route(
         &self,
         tenant_id: &str,
         image: &str,
+        paranoid_client: bool,
         bearer: Option<&str>,
+        now: u64,
+    ) -> Result<RouteReply, SchedulerError> {
+        self.route_avoiding(tenant_id, image, paranoid_client, bearer, &[], now)
+            .await
+    }
+
+    /// [`Scheduler::route`], placing the job on none of `avoid` (workers the client could not
+    /// reach on an earlier route).
+    #[tracing::instrument(
+        name = "route",
+        skip(self, bearer, avoid, now),
+        fields(tenant = tenant_id, avoid = avoid.len())
+    )]
+    pub async fn route_avoiding(
+        &self,
+        tenant_id: &str,
+        image: &str,
+        paranoid_client: bool,
+        bearer: Option<&str>,
+        avoid: &[String],
         now: u64,
     ) -> Result<RouteReply, SchedulerError> {
         let tenant = self.tenant(tenant_id)?;
@@ -191,9 +227,12 @@ impl Scheduler {
                 image: image.to_owned(),
             });
         }
+        if tenant.policy.paranoid && !paranoid_client {
+            return Err(SchedulerError::NotParanoid(tenant_id.to_owned()));
+        }
         let worker = self
             .registry()
-            .place(image, now)
+            .place(image, tenant_id, avoid, now)
             .ok_or_else(|| SchedulerError::NoWorker(image.to_owned()))?;
         let claims = RoutingClaims {
             iss: hpcc_auth::routing::ROUTING_ISSUER.into(),
@@ -203,6 +242,7 @@ impl Scheduler {
             sub: user.sub,
             iat: now,
             exp: now + self.routing_ttl,
+            policy: tenant.policy.clone(),
         };
         let routing_token = self
             .routing_key
@@ -215,19 +255,15 @@ impl Scheduler {
             tls_server_name: worker.tls_server_name,
             routing_token,
             expires_unix: claims.exp,
+            paranoid: tenant.policy.paranoid,
         })
     }
 
     fn check_secret(&self, worker: &str, secret: Option<&str>) -> Result<(), SchedulerError> {
         let given = secret.unwrap_or_default().as_bytes();
         let expected = &self.worker_secret;
-        // Constant time in the secret's content.
-        let same = given.len() == expected.len()
-            && given
-                .iter()
-                .zip(expected.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        // Constant time in the secret's content (the length is not secret).
+        let same = constant_time_eq::constant_time_eq(given, expected);
         if same && !expected.is_empty() {
             Ok(())
         } else {
@@ -266,5 +302,19 @@ impl Scheduler {
         Ok(HeartbeatReply {
             known: self.registry().heartbeat(request, now),
         })
+    }
+}
+
+/// The policy `tenant`'s routing tokens carry, from the scheduler's config.
+fn policy_of(config: &SchedulerConfig, tenant: &TenantConfig) -> TenantPolicy {
+    let bytes = |size: &Option<hpcc_core::config::ByteSize>| size.map(|size| size.0);
+    TenantPolicy {
+        namespace: config.namespace_of(&tenant.id),
+        paranoid: tenant.paranoid,
+        max_jobs: tenant.quota.max_jobs,
+        max_source_bytes: bytes(&tenant.quota.max_source_bytes),
+        max_cache_bytes: bytes(&tenant.quota.max_cache_bytes),
+        max_kept_source_bytes: bytes(&tenant.quota.max_kept_source_bytes),
+        max_snapshot_bytes: bytes(&tenant.quota.max_snapshot_bytes),
     }
 }

@@ -1,10 +1,12 @@
 //! `hpcc-scheduler`: the route-only scheduler.
 //!
-//!     hpcc-scheduler --config scheduler.toml    serve
-//!     hpcc-scheduler keygen routing-key.pem      make a routing key; prints its public half
+//!     hpcc-scheduler --config scheduler.toml       serve
+//!     hpcc-scheduler keygen routing-key.pem         make a routing key; prints its public half
+//!     hpcc-scheduler keygen --public routing-key.pem
+//!                                                   print an existing key's public half
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -14,24 +16,34 @@ use hpcc_core::config::SchedulerConfig;
 use hpcc_scheduler::service::SchedulerService;
 use hpcc_scheduler::Scheduler;
 
+const USAGE: &str = "\
+usage: hpcc-scheduler --config FILE               serve (the file: docs and README)
+       hpcc-scheduler keygen KEYFILE              make a routing key (PKCS#8 PEM, mode 0600,
+                                                  never overwritten); prints its public half,
+                                                  the workers' routing_public_key
+       hpcc-scheduler keygen --public KEYFILE     print an existing key's public half
+       hpcc-scheduler check-config FILE           check FILE and what it points at: the
+                                                  routing key, the worker secret, TLS files,
+                                                  each tenant's JWKS (fetched); exit 1 if any
+                                                  is wrong
+       hpcc-scheduler --help | --version";
+
 fn main() -> ExitCode {
-    if std::env::var_os("HPCC_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("HPCC_LOG"))
-            .with_writer(std::io::stderr)
-            .init();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if hpcc_core::cli::help_or_version("hpcc-scheduler", USAGE, &args) {
+        return ExitCode::SUCCESS;
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    // A server logs what it does at `info` (and warnings: a job refused for a broken image, a
+    // store gone) unless `HPCC_LOG` says otherwise.
+    hpcc_core::logging::init_stderr("info");
+    let words: Option<Vec<&str>> = args.iter().map(|arg| arg.to_str()).collect();
+    let result = match words.as_deref().unwrap_or_default() {
         ["--config", path] => serve(Path::new(path)),
+        ["keygen", "--public", path] => public_half(Path::new(path)),
+        ["check-config", path] => check_config(Path::new(path)),
         ["keygen", path] => keygen(Path::new(path)),
         _ => {
-            eprintln!("usage: hpcc-scheduler --config FILE | hpcc-scheduler keygen KEYFILE");
+            eprintln!("hpcc-scheduler: unexpected arguments {args:?}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -60,7 +72,99 @@ fn keygen(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn read(path: &PathBuf, what: &str) -> Result<String> {
+/// Checks a scheduler config and everything it points at, printing one line per item and
+/// every problem found (not only the first); an error when any was found.
+fn check_config(path: &Path) -> Result<()> {
+    let text = read(path, "config file")?;
+    let config = SchedulerConfig::parse(path, &text)?;
+    println!(
+        "{}: parsed, {} tenant(s)",
+        path.display(),
+        config.tenants.len()
+    );
+    let mut problems: Vec<String> = Vec::new();
+    let mut check = |what: String, result: Result<String>| match result {
+        Ok(fine) => println!("ok: {what}: {fine}"),
+        Err(error) => {
+            println!("PROBLEM: {what}: {error:#}");
+            problems.push(what);
+        }
+    };
+    check(
+        format!("routing_key {}", config.routing_key.display()),
+        read(&config.routing_key, "routing key").and_then(|text| {
+            let key = RoutingKey::from_pem(&text)?;
+            Ok(format!("public half {}", key.public_base64()))
+        }),
+    );
+    check(
+        format!("worker_secret_file {}", config.worker_secret_file.display()),
+        read(&config.worker_secret_file, "worker secret file").and_then(|text| {
+            if text.trim().is_empty() {
+                bail!("empty");
+            }
+            Ok("not empty".into())
+        }),
+    );
+    match &config.tls {
+        Some(tls) => {
+            check(
+                format!("tls.cert {}", tls.cert.display()),
+                pem_blocks(&tls.cert, "certificate", |tag| tag == "CERTIFICATE"),
+            );
+            check(
+                format!("tls.key {}", tls.key.display()),
+                pem_blocks(&tls.key, "certificate key", |tag| {
+                    tag.ends_with("PRIVATE KEY")
+                }),
+            );
+        }
+        None => println!("ok: insecure_plaintext: no TLS (loopback and tests only)"),
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    for tenant in &config.tenants {
+        let jwks = hpcc_scheduler::jwks::JwksCache::new(tenant.jwks_uri.clone());
+        check(
+            format!("tenant {:?} jwks_uri {}", tenant.id, tenant.jwks_uri),
+            runtime
+                .block_on(jwks.check())
+                .map(|keys| format!("{keys} key(s)"))
+                .map_err(anyhow::Error::from),
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} problem(s): {}", problems.len(), problems.join("; "))
+    }
+}
+
+/// The PEM blocks of `path` of which at least one is what `wanted` accepts.
+fn pem_blocks(path: &Path, what: &str, wanted: impl Fn(&str) -> bool) -> Result<String> {
+    let text = read(path, what)?;
+    let blocks = pem::parse_many(text.as_bytes()).context("not PEM")?;
+    let matching = blocks.iter().filter(|block| wanted(block.tag())).count();
+    if matching == 0 {
+        bail!(
+            "no {what} in it (blocks: {:?})",
+            blocks.iter().map(pem::Pem::tag).collect::<Vec<_>>()
+        );
+    }
+    Ok(format!("{matching} {what} block(s)"))
+}
+
+/// Prints the public half of the key in `path`, as `keygen` did when it made it.
+fn public_half(path: &Path) -> Result<()> {
+    let key = RoutingKey::from_pem(&read(path, "routing key")?)
+        .with_context(|| format!("reading the routing key {}", path.display()))?;
+    println!("{}", key.public_base64());
+    Ok(())
+}
+
+fn read(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))
 }
 

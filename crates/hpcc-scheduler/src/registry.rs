@@ -1,7 +1,16 @@
 //! The worker registry and placement: the least loaded live worker that has the image warm,
 //! else the least loaded live worker. Workers queue compiles past their capacity, so a worker
 //! is chosen until its load (running and queued) reaches [`OVERCOMMIT`] times its capacity;
-//! one without a heartbeat for the expiry is not routed to (and forgotten).
+//! one without a heartbeat for the expiry is not routed to (and forgotten). Before that, a
+//! worker that has missed a few heartbeats (killed, partitioned, or stalled) is *stale*: it is
+//! chosen only when no worker heard from recently can take the job, so a dead worker does not
+//! draw routes (each one a client's fallback) for the whole expiry while others are healthy.
+//!
+//! Placement is fair between tenants: a worker full because of one tenant's burst still
+//! takes another tenant's job while that tenant holds less than its share of the worker
+//! (the full load divided by the tenants loading it), and the worker's own queue
+//! (`hpcc_worker::fair`) serves it before the burst. So a flood costs the other tenants at
+//! most a share of the worker, not a place at the back of the queue.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,8 +35,13 @@ pub struct Worker {
     pub capacity: u32,
     /// Compiles running (last heartbeat, plus routes handed out since).
     pub load: u32,
+    /// Each tenant's jobs on it, as its last heartbeat said plus routes given since.
+    pub tenant_load: BTreeMap<String, u32>,
     /// Images it has warm.
     pub warm_images: Vec<String>,
+    /// The isolation runtime it reports (`qemu`, `firecracker`, `sandbox`; empty from
+    /// workers that predate the field).
+    pub runtime: String,
     /// Last heard from, Unix seconds.
     pub seen: u64,
 }
@@ -37,15 +51,25 @@ pub struct Worker {
 pub struct Registry {
     workers: BTreeMap<String, Worker>,
     expiry: Duration,
+    stale_after: Duration,
 }
 
 impl Registry {
-    /// An empty registry; workers silent for `expiry` are dropped.
+    /// An empty registry; workers silent for `expiry` are dropped, and those silent for a
+    /// third of it are stale (see [`Registry::with_stale_after`]).
     pub fn new(expiry: Duration) -> Registry {
         Registry {
             workers: BTreeMap::new(),
             expiry,
+            stale_after: expiry / 3,
         }
+    }
+
+    /// Workers silent for longer than `stale_after` (the scheduler uses three heartbeat
+    /// intervals) are chosen only when no other worker can take a job.
+    pub fn with_stale_after(mut self, stale_after: Duration) -> Registry {
+        self.stale_after = stale_after;
+        self
     }
 
     /// Adds or replaces a worker.
@@ -59,7 +83,9 @@ impl Registry {
                 tls_server_name: request.tls_server_name,
                 capacity: request.capacity,
                 load: 0,
+                tenant_load: BTreeMap::new(),
                 warm_images: request.warm_images,
+                runtime: request.runtime,
                 seen: now,
             },
         );
@@ -70,10 +96,19 @@ impl Registry {
         match self.workers.get_mut(&request.worker_id) {
             Some(worker) => {
                 worker.load = request.load;
+                worker.tenant_load = request
+                    .tenants
+                    .into_iter()
+                    .filter(|load| load.jobs > 0)
+                    .map(|load| (load.tenant_id, load.jobs))
+                    .collect();
                 if request.capacity > 0 {
                     worker.capacity = request.capacity;
                 }
                 worker.warm_images = request.warm_images;
+                if !request.runtime.is_empty() {
+                    worker.runtime = request.runtime;
+                }
                 worker.seen = now;
                 true
             }
@@ -81,31 +116,61 @@ impl Registry {
         }
     }
 
-    /// Chooses a worker for `image` at `now` and counts the route against its load (until
-    /// the next heartbeat reports the real figure).
-    pub fn place(&mut self, image: &str, now: u64) -> Option<Worker> {
+    /// Chooses a worker for `image` at `now`, none of `avoid` (workers the client could not
+    /// reach), and counts the route against its load (until the next heartbeat reports the
+    /// real figure).
+    pub fn place(
+        &mut self,
+        image: &str,
+        tenant: &str,
+        avoid: &[String],
+        now: u64,
+    ) -> Option<Worker> {
         let expiry = self.expiry.as_secs();
         self.workers
             .retain(|_, worker| now.saturating_sub(worker.seen) <= expiry);
-        let candidates = self
-            .workers
-            .values()
-            .filter(|worker| worker.load < worker.capacity.saturating_mul(OVERCOMMIT));
         let score = |worker: &Worker| {
             // Load as a fraction of capacity, compared without floats: load/capacity.
             (u64::from(worker.load) * 1_000_000) / u64::from(worker.capacity.max(1))
         };
-        let chosen = candidates
-            .clone()
-            .filter(|worker| worker.warm_images.iter().any(|warm| warm == image))
-            .min_by_key(|worker| score(worker))
-            .or_else(|| candidates.min_by_key(|worker| score(worker)))?
-            .id
-            .clone();
+        // In order: a live worker with room; a live one where the tenant is under its share;
+        // then the same among stale ones. Never one the client could not reach.
+        let pick = |fits: &dyn Fn(&Worker) -> bool| {
+            let candidates = self
+                .workers
+                .values()
+                .filter(|worker| !avoid.contains(&worker.id) && fits(worker));
+            candidates
+                .clone()
+                .filter(|worker| worker.warm_images.iter().any(|warm| warm == image))
+                .min_by_key(|worker| score(worker))
+                .or_else(|| candidates.min_by_key(|worker| score(worker)))
+                .map(|worker| worker.id.clone())
+        };
+        let stale_after = self.stale_after.as_secs().max(1);
+        let fresh = |worker: &Worker| now.saturating_sub(worker.seen) <= stale_after;
+        let room = |worker: &Worker| worker.load < worker.capacity.saturating_mul(OVERCOMMIT);
+        let chosen = pick(&|worker| fresh(worker) && room(worker))
+            .or_else(|| pick(&|worker| fresh(worker) && under_share(worker, tenant)))
+            .or_else(|| pick(&room))
+            .or_else(|| pick(&|worker| under_share(worker, tenant)))?;
         let worker = self.workers.get_mut(&chosen)?;
         worker.load += 1;
+        *worker.tenant_load.entry(tenant.to_owned()).or_default() += 1;
         Some(worker.clone())
     }
+}
+
+/// Whether `tenant` holds less than its share of a full `worker`: the overcommitted capacity
+/// divided among the tenants loading it (load no heartbeat attributed counts as one more).
+fn under_share(worker: &Worker, tenant: &str) -> bool {
+    let full = worker.capacity.saturating_mul(OVERCOMMIT);
+    let own = worker.tenant_load.get(tenant).copied().unwrap_or(0);
+    let attributed: u32 = worker.tenant_load.values().sum();
+    let tenants =
+        worker.tenant_load.len() + usize::from(own == 0) + usize::from(worker.load > attributed);
+    let share = full / u32::try_from(tenants.max(1)).unwrap_or(u32::MAX);
+    own < share.max(1)
 }
 
 #[cfg(test)]
@@ -132,9 +197,38 @@ mod tests {
                 load,
                 capacity: 0,
                 warm_images: warm.iter().map(|image| (*image).to_owned()).collect(),
+                ..HeartbeatRequest::default()
             },
             now
         ));
+    }
+
+    #[test]
+    fn the_runtime_a_worker_reports_is_kept() {
+        let mut registry = Registry::new(Duration::from_secs(10));
+        registry.register(
+            RegisterRequest {
+                worker_id: "w".into(),
+                capacity: 1,
+                runtime: "sandbox".into(),
+                ..RegisterRequest::default()
+            },
+            0,
+        );
+        let placed = registry.place("i", "t", &[], 1).expect("a worker");
+        assert_eq!(placed.runtime, "sandbox");
+        assert!(registry.heartbeat(
+            HeartbeatRequest {
+                worker_id: "w".into(),
+                runtime: "qemu".into(),
+                ..HeartbeatRequest::default()
+            },
+            2
+        ));
+        assert_eq!(
+            registry.place("i", "t", &[], 3).expect("a worker").runtime,
+            "qemu"
+        );
     }
 
     #[test]
@@ -146,7 +240,10 @@ mod tests {
         load(&mut registry, "warm-busy", OVERCOMMIT - 2, &["img"], 0);
         let check = |registry: &mut Registry, image: &str, expected: &str| {
             assert_eq!(
-                registry.place(image, 1).map(|worker| worker.id).as_deref(),
+                registry
+                    .place(image, "t", &[], 1)
+                    .map(|worker| worker.id)
+                    .as_deref(),
                 Some(expected)
             );
         };
@@ -170,15 +267,21 @@ mod tests {
         let mut registry = Registry::new(Duration::from_secs(10));
         register(&mut registry, "w", 1, &[], 0);
         for _ in 0..OVERCOMMIT {
-            assert!(registry.place("img", 1).is_some());
+            assert!(registry.place("img", "t", &[], 1).is_some());
         }
-        assert!(registry.place("img", 1).is_none(), "its queue is full");
+        assert!(
+            registry.place("img", "t", &[], 1).is_none(),
+            "its queue is full"
+        );
         load(&mut registry, "w", 0, &[], 5);
         assert!(
-            registry.place("img", 15).is_some(),
+            registry.place("img", "t", &[], 15).is_some(),
             "heard from 10 s ago: still live"
         );
-        assert!(registry.place("img", 16).is_none(), "silent too long");
+        assert!(
+            registry.place("img", "t", &[], 16).is_none(),
+            "silent too long"
+        );
         assert!(
             !registry.heartbeat(
                 HeartbeatRequest {
@@ -189,5 +292,101 @@ mod tests {
             ),
             "forgotten: must register again"
         );
+    }
+
+    #[test]
+    fn a_worker_full_of_one_tenant_still_takes_another_within_its_share() {
+        let mut registry = Registry::new(Duration::from_secs(10));
+        register(&mut registry, "w", 1, &["img"], 0);
+        let full = OVERCOMMIT;
+        assert!(registry.heartbeat(
+            HeartbeatRequest {
+                worker_id: "w".into(),
+                load: full,
+                warm_images: vec!["img".into()],
+                tenants: vec![hpcc_proto::scheduler::TenantLoad {
+                    tenant_id: "flood".into(),
+                    jobs: full,
+                }],
+                ..HeartbeatRequest::default()
+            },
+            1
+        ));
+        assert!(
+            registry.place("img", "flood", &[], 1).is_none(),
+            "the flooding tenant waits"
+        );
+        // Another tenant gets up to its share: half of the full load, with two tenants.
+        for _ in 0..full / 2 {
+            assert!(registry.place("img", "quiet", &[], 1).is_some());
+        }
+        assert!(
+            registry.place("img", "quiet", &[], 1).is_none(),
+            "past its share"
+        );
+        assert!(registry.place("img", "flood", &[], 1).is_none());
+        // A third tenant's share is a third.
+        let third = full / 3;
+        for _ in 0..third {
+            assert!(registry.place("img", "third", &[], 1).is_some());
+        }
+        assert!(registry.place("img", "third", &[], 1).is_none());
+    }
+
+    #[test]
+    fn a_silent_worker_is_routed_to_only_when_no_live_one_can_take_the_job() {
+        let mut registry =
+            Registry::new(Duration::from_secs(10)).with_stale_after(Duration::from_secs(3));
+        register(&mut registry, "dead", 4, &["img"], 100);
+        register(&mut registry, "live", 4, &[], 100);
+        // Both heard from: the one with the image warm.
+        assert_eq!(
+            registry.place("img", "a", &[], 101).map(|w| w.id),
+            Some("dead".into())
+        );
+        // "dead" stops answering; "live" keeps beating. Past three seconds, "live" takes every
+        // job though it is colder and busier.
+        load(&mut registry, "live", 3, &[], 105);
+        for _ in 0..4 {
+            assert_eq!(
+                registry.place("img", "a", &[], 105).map(|w| w.id),
+                Some("live".into())
+            );
+        }
+        // Past the expiry it is forgotten.
+        load(&mut registry, "live", 3, &[], 111);
+        assert_eq!(
+            registry.place("img", "b", &[], 111).map(|w| w.id),
+            Some("live".into())
+        );
+        assert!(registry.workers.keys().all(|id| id == "live"));
+        // When every worker is stale (the scheduler may be the one cut off), they are still
+        // routed to, by the usual order.
+        let mut quiet =
+            Registry::new(Duration::from_secs(10)).with_stale_after(Duration::from_secs(3));
+        register(&mut quiet, "cold", 4, &[], 100);
+        register(&mut quiet, "warm", 4, &["img"], 100);
+        assert_eq!(
+            quiet.place("img", "a", &[], 108).map(|w| w.id),
+            Some("warm".into())
+        );
+    }
+
+    #[test]
+    fn workers_the_client_could_not_reach_are_avoided() {
+        let mut registry = Registry::new(Duration::from_secs(10));
+        register(&mut registry, "gone", 4, &["img"], 100);
+        register(&mut registry, "other", 4, &[], 100);
+        assert_eq!(
+            registry.place("img", "a", &[], 100).map(|w| w.id),
+            Some("gone".into())
+        );
+        let avoid = vec!["gone".to_owned()];
+        assert_eq!(
+            registry.place("img", "a", &avoid, 100).map(|w| w.id),
+            Some("other".into())
+        );
+        let both = vec!["gone".to_owned(), "other".to_owned()];
+        assert_eq!(registry.place("img", "a", &both, 100), None);
     }
 }

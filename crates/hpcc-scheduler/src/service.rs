@@ -15,13 +15,16 @@ use crate::{Scheduler, SchedulerError};
 
 impl From<SchedulerError> for Status {
     fn from(error: SchedulerError) -> Status {
-        let message = error.to_string();
+        // The whole cause chain: the client's log is where an operator looks first.
+        let message = hpcc_core::report::chain(&error);
         match error {
             SchedulerError::UnknownTenant(_) => Status::not_found(message),
             SchedulerError::NoToken
             | SchedulerError::Token { .. }
             | SchedulerError::WorkerSecret(_) => Status::unauthenticated(message),
-            SchedulerError::ImageNotAllowed { .. } => Status::permission_denied(message),
+            SchedulerError::ImageNotAllowed { .. } | SchedulerError::NotParanoid(_) => {
+                Status::permission_denied(message)
+            }
             SchedulerError::Jwks { .. } | SchedulerError::NoWorker(_) => {
                 Status::unavailable(message)
             }
@@ -73,7 +76,14 @@ impl scheduler_server::Scheduler for SchedulerService {
         let body = request.into_inner();
         let reply = self
             .scheduler
-            .route(&body.tenant_id, &body.image_digest, token.as_deref(), now())
+            .route_avoiding(
+                &body.tenant_id,
+                &body.image_digest,
+                body.paranoid,
+                token.as_deref(),
+                &body.avoid_workers,
+                now(),
+            )
             .await;
         match reply {
             Ok(reply) => Ok(Response::new(reply)),

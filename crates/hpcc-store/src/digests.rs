@@ -7,7 +7,7 @@
 //! identity `(device, inode, size, mtime, ctime)`, the BLAKE3 digest of the content and whether
 //! the content names the time macros. `ctime` cannot be set by users and changes with every
 //! write, rename or permission change, so an identity is a witness of unchanged content, provided
-//! the file was old enough when it was hashed (the caller's trust rule; see `hpcc-cli`'s
+//! the file was old enough when it was hashed (the caller's trust rule; see `hpcc-cache`'s
 //! `includes`).
 //!
 //! The file, `digests`, is a fixed-size open-addressed hash table of [`BUCKETS`] buckets of

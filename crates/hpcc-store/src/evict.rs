@@ -5,9 +5,12 @@
 //! on it. Only one process cleans at a time (the cleanup lock is taken with `try_lock`; whoever
 //! loses simply goes on). Recency is the file mtime, which `get` refreshes on a hit.
 //!
-//! The scan also measures the shard exactly and rebases its counter, which is how accounting
-//! drift heals. Puts and gets racing with a cleanup are fine: a removed entry is a miss, and a
-//! file renamed into place during the scan is either seen or left alone.
+//! After a put takes the cache over its limit, the shard most over its share (`max_size / 16`)
+//! is trimmed to 90% of that share. The scan also measures the shard exactly and rebases its
+//! counter, which is how accounting drift heals, and removes temporary files more than an hour
+//! old (their writer died). `hpcc clean` trims every shard to nothing. Puts and gets racing with
+//! a cleanup are fine: a removed entry is a miss, and a file renamed into place during the scan
+//! is either seen or left alone.
 
 use std::fs;
 use std::io::ErrorKind;

@@ -20,6 +20,16 @@
 //! [`decode`] is a pure function over bytes so that it can be property-tested: it must never
 //! panic, never allocate more than [`MAX_PAYLOAD_LEN`], and never return a payload whose checksum
 //! does not match.
+//!
+//! The payload is compressed with the configured codec (LZ4 by default, or zstd) and stored raw
+//! when compressing does not make it smaller; the codec's own bounds are checked before
+//! anything is decompressed.
+//!
+//! **Compatibility.** This format and the directory layout are shared by every hpcc process and
+//! version using the cache directory, and the same entry bytes are the remote stores' objects
+//! (`cache/<m|r>/...`), shared by every machine using a store. An entry of another version is
+//! corrupt to this one: removed, and a miss. So machines running hpcc versions with different
+//! entry versions see each other's objects as corrupt (counted, then replaced), never as wrong.
 
 use hpcc_core::digest::Digest;
 

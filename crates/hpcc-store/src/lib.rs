@@ -15,6 +15,11 @@
 //!   put and get the same key at once.
 //! - With a [`DiskConfig::max_size`], the cache is trimmed least-recently-used first, one
 //!   sixteenth at a time, by whichever process notices first; nobody waits for a cleanup.
+//! - An entry read from another store enters only through [`DiskStore::put_encoded`] or
+//!   `put_verified`, which take only entries that pass their checksum for their key and kind;
+//!   behind the `remote` feature, nothing read from a remote store is used or copied before it
+//!   passes that check.
+//! - The store knows nothing of compilers or of the formats it carries: payloads are opaque.
 //!
 //! ```
 //! use hpcc_core::digest::Digest;
@@ -34,7 +39,10 @@
 //! The on-disk entry format is described in the `format` module, the directory layout in
 //! `layout`, size accounting in `accounting` and eviction in `evict`. [`FileDigests`] is a
 //! separate, shared table of header digests keyed by file identity. [`MemoryTier`] keeps verified
-//! payloads in memory in front of a disk store, for the daemon.
+//! payloads in memory in front of a disk store, for the daemon. The `remote` module (feature
+//! `remote`) holds the async stores behind the local cache: backends, clusters and tiers.
+// Unit tests spawn their own tasks directly: the spawn rule is for the services.
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 

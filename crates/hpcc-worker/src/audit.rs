@@ -15,8 +15,9 @@
 //!   `<driver> <injected flags> <client flags> -x <language> -c in.i -o out.o`, each word
 //!   escaped and the words separated by single spaces;
 //! - `output_digest`: BLAKE3 of the object, 64 hex, or empty when there was none;
-//! - `tenant`, `worker`, `vm` (the session, `cache` for a hit), `duration_ms`, `exit` (the
-//!   compiler's exit code; -1 for a signal or a timeout).
+//! - `tenant`, `worker`, `vm` (the session, prefixed with the runtime that ran it, so any
+//!   single row tells its boundary: `qemu-…`, `firecracker-…`, `sandbox-…`; `cache` for a
+//!   hit), `duration_ms`, `exit` (the compiler's exit code; -1 for a signal or a timeout).
 //!
 //! Together the image, the source and the command are everything a job's object depends on,
 //! so a row can be re-run and its output digest checked ([`crate::verify`]). Rows written
@@ -291,6 +292,41 @@ mod tests {
         assert_eq!(lines.len(), 200);
         for line in lines {
             AuditRow::parse(line).expect("every line is a whole row");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any row, whatever its fields hold (tabs, newlines, backslashes, spaces), reads back
+        /// as written; the one exception, a command of a single empty word, cannot be a job's
+        /// (`policy::job_argv` always names the driver and the files).
+        #[test]
+        fn rows_round_trip(
+            fields in proptest::collection::vec("(?s).*", 6),
+            flags in proptest::collection::vec("(?s).*", 0..6),
+            duration_ms in proptest::prelude::any::<u64>(),
+            exit in proptest::prelude::any::<i32>(),
+        ) {
+            proptest::prop_assume!(flags != [String::new()]);
+            let row = AuditRow {
+                image_digest: fields[0].clone(),
+                source_digest: fields[1].clone(),
+                flags,
+                output_digest: fields[2].clone(),
+                tenant: fields[3].clone(),
+                worker: fields[4].clone(),
+                vm: fields[5].clone(),
+                duration_ms,
+                exit,
+            };
+            let line = row.to_line();
+            proptest::prop_assert_eq!(line.matches('\n').count(), 1, "one line: {:?}", line);
+            proptest::prop_assert_eq!(AuditRow::parse(&line).expect("parses"), row);
+        }
+
+        /// Whatever a log holds, reading it is an answer, never a panic.
+        #[test]
+        fn any_line_parses_or_is_refused(line in "(?s).*") {
+            let _ = AuditRow::parse(&line);
         }
     }
 }

@@ -2,65 +2,88 @@
 //!
 //! [`Worker::authorize`] checks the routing token of a request (the scheduler's signature,
 //! expiry, this worker, the tenant and image of the request); [`Worker::compile`] looks the
-//! job up in the worker's cache, else runs it through a warm session of the [`Runtime`]
-//! (`hpcc-runtime`) for that tenant and image, with the reproducibility flags of [`policy`]
+//! job up in the worker's cache, else runs it through a warm session of the runtime
+//! ([`hpcc_runtime::Runtime`]) for that tenant and image ([`sessions`]: the per-tenant pool,
+//! with [`snapshots`] of idle sessions), with the reproducibility flags of [`policy`]
 //! injected, stores a successful result, keeps the source ([`sources`]) and writes one
 //! [`audit`] row either way. [`service`] is the tonic adapter (streaming, zstd per message,
 //! cancellation). [`verify`] re-runs an audited job in a fresh session and checks its output.
 //!
-//! In paranoid mode only workers touch the cache: nothing in the protocol lets a client
-//! supply an output, and the worker's cache is the worker's own store.
+//! Tenants own their storage: the policy in each routing token (signed by the scheduler)
+//! names the job's namespace, its tenant's or its sharing group's, and every cache key and
+//! object ([`cache`]), kept source ([`sources`]) and snapshot ([`snapshots`]) is the
+//! tenant's alone unless the scheduler's config shares it. Nothing in the protocol lets a
+//! client supply an output, so in paranoid mode the workers' cache is the only cache.
+//!
+//! What a compile holds to:
+//!
+//! - A job's source is kept before its audit row is written, and a row names everything its
+//!   object depends on (image, source, the whole command), so a row can be re-run until its
+//!   source is evicted. (Failing to keep a source is logged; its row then cannot be re-run, as
+//!   after an eviction.)
+//! - A source reserves its bytes ([`fair::TenantBytes`]: the tenant's `max_source_bytes`, and
+//!   [`SOURCE_BUDGET_BYTES`] in all) before it is read; one that does not fit is refused with
+//!   `ResourceExhausted` naming the quota, and its client compiles locally.
+//! - A job runs beside its session's health watch; a session that fails it (its VMM or device
+//!   backend died, its agent went silent or broke the protocol) is discarded and the job runs
+//!   once more on a fresh session. A second failure is the answer, and the client compiles
+//!   locally.
+//! - The worker cache holds result entries, and only workers write it, under keys they
+//!   compute from what they compiled.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod cache;
+pub mod fair;
 pub mod policy;
+pub mod retention;
 pub mod service;
 pub mod sessions;
+pub mod snapshots;
 pub mod sources;
+pub mod status;
 pub mod verify;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hpcc_auth::{RoutingClaims, RoutingScope, RoutingVerifier};
+use hpcc_auth::{RoutingClaims, RoutingScope, RoutingVerifier, TenantPolicy};
 use hpcc_core::digest::Digest;
 use hpcc_core::entry::{ResultEntry, SectionKind};
 use hpcc_proto::agent::{EnvVar, JobHeader};
 use hpcc_runtime::agent_client::{run_job, InputFile};
 use hpcc_runtime::{AgentStream, Limits, RuntimeError, SessionSpec};
-use hpcc_store::{DiskStore, Kind, Lookup};
+
+use crate::cache::WorkerCache;
+use crate::fair::{BytesHeld, FairSlots, TenantBytes};
 
 use crate::audit::{AuditLog, AuditRow};
 use crate::policy::{
     cache_key, check_flags, injected_flags, job_argv, KeyInputs, RefusedFlag, OBJECT_FILE,
     SOURCE_FILE,
 };
-use crate::sessions::SessionPool;
+use crate::sessions::{PoolError, SessionPool};
 use crate::sources::SourceStore;
 
 /// Where a worker finds the flattened root file system of an image.
 pub trait Rootfs: Send + Sync {
-    /// The directory holding `image`'s root file system, flattening it first if needed;
-    /// `None` if this worker does not have the image.
-    fn rootfs(&self, image: &str) -> Option<PathBuf>;
+    /// The directory holding `image`'s root file system, flattening it first if needed; the
+    /// reason if this worker does not have the image or cannot unpack it.
+    fn rootfs(&self, image: &str) -> Result<PathBuf, String>;
 }
 
 /// Root file systems from an image store (`hpcc-image`), by image digest.
 pub struct StoreRootfs(pub hpcc_image::ImageStore);
 
 impl Rootfs for StoreRootfs {
-    fn rootfs(&self, image: &str) -> Option<PathBuf> {
-        let digest = hpcc_image::ImageDigest::parse(image).ok()?;
-        match self.0.rootfs(&digest) {
-            Ok(path) => Some(path),
-            Err(error) => {
-                tracing::warn!(image, %error, "no root file system");
-                None
-            }
-        }
+    fn rootfs(&self, image: &str) -> Result<PathBuf, String> {
+        let digest = hpcc_image::ImageDigest::parse(image).map_err(|error| error.to_string())?;
+        self.0.rootfs(&digest).map_err(|error| {
+            tracing::warn!(image, %error, "no root file system");
+            error.to_string()
+        })
     }
 }
 
@@ -79,14 +102,18 @@ pub enum WorkerError {
     #[error(transparent)]
     Flag(#[from] RefusedFlag),
     /// The worker does not have the image.
-    #[error("image {0} is not available on this worker")]
-    NoImage(String),
+    #[error("image {0} is not available on this worker: {1}")]
+    NoImage(String, String),
     /// The isolation runtime failed.
     #[error("runtime: {0}")]
     Runtime(#[from] RuntimeError),
     /// The worker's queue is full.
     #[error("worker overloaded ({0} compiles running, the queue full)")]
     Busy(u32),
+    /// The tenant is over one of its quotas on this worker, or the worker over its budget
+    /// of sources in flight; the message names which.
+    #[error(transparent)]
+    Quota(#[from] fair::Refused),
     /// Writing the audit row failed; the result is withheld, since it would be unaudited.
     #[error("audit log: {0}")]
     Audit(std::io::Error),
@@ -109,6 +136,8 @@ pub struct CompileJob {
     pub source: Vec<u8>,
     /// Extra outputs (e.g. a `.dwo`), named relative to the object.
     pub extra_outputs: Vec<String>,
+    /// The tenant's policy, from its routing token: namespace, paranoid, quotas.
+    pub policy: TenantPolicy,
 }
 
 /// What a compile came to.
@@ -144,6 +173,8 @@ pub struct WorkerSettings {
     pub limits: Limits,
     /// `SOURCE_DATE_EPOCH` inside sessions.
     pub source_date_epoch: u64,
+    /// How sessions running a job are checked for life.
+    pub health: hpcc_runtime::health::HealthPolicy,
 }
 
 /// A worker's state.
@@ -152,56 +183,35 @@ pub struct Worker {
     verifier: RoutingVerifier,
     pool: SessionPool,
     images: Arc<dyn Rootfs>,
-    cache: DiskStore,
+    cache: WorkerCache,
     audit: AuditLog,
     sources: Arc<SourceStore>,
-    load: AtomicU32,
-    queued: AtomicU32,
-    permits: tokio::sync::Semaphore,
-    /// Sources that may be held at once (received, queued or compiling).
-    source_budget: SourceBudget,
+    /// Run slots, shared fairly by tenants within their job quotas.
+    slots: FairSlots,
+    /// Bytes of sources held at once (received, queued or compiling), per tenant and in all.
+    source_bytes: TenantBytes,
 }
 
-/// Compiles that may wait for a slot; more are refused with [`WorkerError::Busy`].
+/// Spawns `future` on the current tokio runtime as a task named `name`, inside the caller's
+/// span (so its logs keep the tenant, job and session): the one way this crate spawns.
+pub fn spawn_named<F>(name: &'static str, future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument;
+    let span = tracing::info_span!("task", name);
+    #[allow(clippy::disallowed_methods)] // the helper itself
+    tokio::spawn(future.instrument(span))
+}
+
+/// Compiles that may wait for a slot; more are refused ([`fair::Refused::QueueFull`]).
 pub const MAX_QUEUED: u32 = 1024;
 
 /// Bytes of sources a worker holds at once, whatever the number of clients: a compile whose
-/// source would go over is refused with [`WorkerError::Busy`] before it is read (its client
-/// compiles locally), so a burst of large sources cannot grow the worker without bound.
+/// source would go over is refused before it is read (its client compiles locally), so a
+/// burst of large sources cannot grow the worker without bound.
 pub const SOURCE_BUDGET_BYTES: u64 = 512 << 20;
-
-/// Part of a [`SourceBudget`], held from reading a source until its compile ends.
-pub struct SourceReservation(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
-
-/// A byte budget, counted in KiB, that sources reserve before they are read.
-pub struct SourceBudget(Arc<tokio::sync::Semaphore>);
-
-impl SourceBudget {
-    /// A budget of `bytes`.
-    pub fn new(bytes: u64) -> SourceBudget {
-        SourceBudget(Arc::new(tokio::sync::Semaphore::new(
-            usize::try_from(bytes >> 10).unwrap_or(usize::MAX),
-        )))
-    }
-
-    /// Room for `len` bytes until the reservation is dropped, or `None` if it is full.
-    pub fn reserve(&self, len: u64) -> Option<SourceReservation> {
-        let kib = u32::try_from(len.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        Arc::clone(&self.0)
-            .try_acquire_many_owned(kib)
-            .ok()
-            .map(SourceReservation)
-    }
-}
-
-/// Decrements the load when a compile ends, however it ends.
-struct LoadGuard<'a>(&'a AtomicU32);
-
-impl Drop for LoadGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// What a job run in a session came to, before it is cached or audited.
 pub(crate) struct Ran {
@@ -270,13 +280,15 @@ pub(crate) async fn execute(
 
 /// The root file system of `image`, or `None` if the store lacks it. Flattening an image on
 /// first use is file work, so it runs off the async threads.
-pub(crate) async fn rootfs_off_thread(images: &Arc<dyn Rootfs>, image: &str) -> Option<PathBuf> {
+pub(crate) async fn rootfs_off_thread(
+    images: &Arc<dyn Rootfs>,
+    image: &str,
+) -> Result<PathBuf, String> {
     let images = Arc::clone(images);
     let image = image.to_owned();
     tokio::task::spawn_blocking(move || images.rootfs(&image))
         .await
-        .ok()
-        .flatten()
+        .map_err(|error| format!("unpacking the image failed: {error}"))?
 }
 
 impl Worker {
@@ -286,14 +298,16 @@ impl Worker {
         verifier: RoutingVerifier,
         pool: SessionPool,
         images: Arc<dyn Rootfs>,
-        cache: DiskStore,
+        cache: WorkerCache,
         audit: AuditLog,
         sources: SourceStore,
     ) -> Worker {
         Worker {
-            permits: tokio::sync::Semaphore::new(
+            slots: FairSlots::new(
                 usize::try_from(settings.capacity).unwrap_or(1).max(1),
+                MAX_QUEUED as usize,
             ),
+            source_bytes: TenantBytes::new(SOURCE_BUDGET_BYTES),
             settings,
             verifier,
             pool,
@@ -301,18 +315,19 @@ impl Worker {
             cache,
             audit,
             sources: Arc::new(sources),
-            load: AtomicU32::new(0),
-            queued: AtomicU32::new(0),
-            source_budget: SourceBudget::new(SOURCE_BUDGET_BYTES),
         }
     }
 
-    /// Reserves room for a source of `len` bytes, or refuses with [`WorkerError::Busy`] when
-    /// the sources already held fill the [`SOURCE_BUDGET_BYTES`].
-    pub fn reserve_source(&self, len: u64) -> Result<SourceReservation, WorkerError> {
-        self.source_budget
-            .reserve(len)
-            .ok_or(WorkerError::Busy(self.settings.capacity))
+    /// Reserves room for `tenant`'s source of `len` bytes, held until the returned value is
+    /// dropped; refused when the tenant's held sources would go over `tenant_limit` (its
+    /// upload quota) or all held sources over [`SOURCE_BUDGET_BYTES`].
+    pub fn reserve_source(
+        &self,
+        tenant: &str,
+        len: u64,
+        tenant_limit: Option<u64>,
+    ) -> Result<BytesHeld, WorkerError> {
+        Ok(self.source_bytes.reserve(tenant, len, tenant_limit)?)
     }
 
     /// This worker's id.
@@ -322,12 +337,17 @@ impl Worker {
 
     /// Compiles running now.
     pub fn load(&self) -> u32 {
-        self.load.load(Ordering::Acquire)
+        self.slots.running_total()
     }
 
     /// Compiles waiting for a slot.
     pub fn queued(&self) -> u32 {
-        self.queued.load(Ordering::Acquire)
+        self.slots.waiting()
+    }
+
+    /// Each tenant's compiles running or waiting.
+    pub fn tenant_load(&self) -> Vec<(String, u32)> {
+        self.slots.per_tenant()
     }
 
     /// Compiles at once.
@@ -367,6 +387,11 @@ impl Worker {
     }
 
     /// Runs `job` (already authorized): from the cache, else in a session.
+    #[tracing::instrument(
+        name = "job",
+        skip_all,
+        fields(tenant = %job.tenant, image = %job.image, source = tracing::field::Empty)
+    )]
     pub async fn compile(&self, mut job: CompileJob) -> Result<CompileOutput, WorkerError> {
         let started = Instant::now();
         if !policy::COMPILERS.contains(&job.compiler.as_str()) {
@@ -389,24 +414,15 @@ impl Worker {
         {
             return Err(WorkerError::BadRequest(format!("extra output {bad:?}")));
         }
-        // Compiles past the capacity wait their turn, up to a bounded queue; past that the
-        // client is told to compile elsewhere.
-        let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
-        let queued = LoadGuard(&self.queued);
-        if waiting >= MAX_QUEUED {
-            return Err(WorkerError::Busy(self.settings.capacity));
-        }
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| WorkerError::Busy(self.settings.capacity))?;
-        drop(queued);
-        self.load.fetch_add(1, Ordering::AcqRel);
-        let _load = LoadGuard(&self.load);
+        // Compiles past the capacity wait their turn, tenants served fairly, within the
+        // tenant's job quota and a bounded queue; past those the client compiles locally.
+        let _slot = self.slots.acquire(&job.tenant, job.policy.max_jobs).await?;
         let source_digest = Digest::of(&job.source);
+        tracing::Span::current().record("source", source_digest.to_hex());
         let injected = injected_flags(&source_digest);
+        let namespace = job.policy.namespace_for(&job.tenant);
         let key = cache_key(KeyInputs {
+            namespace: &namespace,
             image: &job.image,
             compiler: &job.compiler,
             language: &job.language,
@@ -415,17 +431,20 @@ impl Worker {
             source_digest: &source_digest,
             extra_outputs: &job.extra_outputs,
         });
-        let mut output = match self.cached(&key, &job) {
+        let mut output = match self.cached(&namespace, &key, &job).await {
             Some(output) => output,
-            None => self.run(&job, &injected, &key).await?,
+            None => self.run(&job, &injected, &namespace, &key).await?,
         };
         // The source is kept before the row is written, so a row on disk has had its source
         // kept (until eviction). Failing to keep it is logged, not fatal: the row then cannot
         // be re-run, as after an eviction.
         let sources = Arc::clone(&self.sources);
         let source = std::mem::take(&mut job.source);
-        let retained =
-            tokio::task::spawn_blocking(move || sources.put(&source_digest, &source)).await;
+        let (tenant, quota) = (job.tenant.clone(), job.policy.max_kept_source_bytes);
+        let retained = tokio::task::spawn_blocking(move || {
+            sources.put(&tenant, &source_digest, &source, quota)
+        })
+        .await;
         match retained {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "keeping the source of a job"),
@@ -449,13 +468,31 @@ impl Worker {
             exit: output.exit_code,
         };
         self.audit.append(&row).map_err(WorkerError::Audit)?;
+        tracing::info!(
+            exit = output.exit_code,
+            hit = output.cache_hit,
+            session = %output.session_id,
+            ms = output.duration_ms,
+            "job answered"
+        );
         Ok(output)
     }
 
-    fn cached(&self, key: &Digest, job: &CompileJob) -> Option<CompileOutput> {
-        let Ok(Lookup::Hit(payload)) = self.cache.get(Kind::Result, key) else {
-            return None;
-        };
+    /// The cache (the worker's, else the fleet's) as the cache's own namespace holds it.
+    pub fn cache(&self) -> &WorkerCache {
+        &self.cache
+    }
+
+    async fn cached(
+        &self,
+        namespace: &str,
+        key: &Digest,
+        job: &CompileJob,
+    ) -> Option<CompileOutput> {
+        let payload = self
+            .cache
+            .get(namespace, job.policy.max_cache_bytes, key)
+            .await?;
         let entry = ResultEntry::decode(&payload).ok()?;
         let object = entry.get(SectionKind::Object)?.to_vec();
         let mut extras = Vec::new();
@@ -479,11 +516,12 @@ impl Worker {
         &self,
         job: &CompileJob,
         injected: &[String],
+        namespace: &str,
         key: &Digest,
     ) -> Result<CompileOutput, WorkerError> {
         let rootfs = rootfs_off_thread(&self.images, &job.image)
             .await
-            .ok_or_else(|| WorkerError::NoImage(job.image.clone()))?;
+            .map_err(|reason| WorkerError::NoImage(job.image.clone(), reason))?;
         let spec = SessionSpec {
             tenant: job.tenant.clone(),
             image_digest: job.image.clone(),
@@ -491,25 +529,57 @@ impl Worker {
             limits: self.settings.limits,
             source_date_epoch: self.settings.source_date_epoch,
         };
-        let lease = self.pool.lease(&spec, Instant::now()).await?;
-        let argv = job_argv(&job.compiler, &job.language, injected, &job.flags);
-        let result = async {
-            let stream = lease.shared.connect().await?;
-            execute(
-                stream,
-                lease.shared.id(),
-                key.to_hex(),
-                argv,
-                job.source.clone(),
-                &job.extra_outputs,
-                &self.settings.limits,
-            )
-            .await
+        if let Some(snapshots) = self.pool.snapshots() {
+            snapshots.set_tenant_limit(&job.tenant, job.policy.max_snapshot_bytes);
         }
-        .await;
-        let session_id = lease.shared.id().to_owned();
-        self.pool.release(lease, Instant::now()).await;
-        let ran = result?;
+        let argv = job_argv(&job.compiler, &job.language, injected, &job.flags);
+        // A session that fails a job (its VMM died, its agent stopped answering or broke the
+        // protocol) is discarded and the job runs once more on a fresh one; a second failure
+        // is the answer, and the client compiles locally.
+        let mut retried = false;
+        let (ran, session_id) = loop {
+            let lease = match self.pool.lease(&spec, Instant::now()).await {
+                Ok(lease) => lease,
+                Err(PoolError::Runtime(error)) => return Err(WorkerError::Runtime(error)),
+                // No guest within the wait: the client compiles locally.
+                Err(error @ PoolError::Busy { .. }) => {
+                    tracing::warn!(%error, "no session");
+                    return Err(WorkerError::Busy(self.settings.capacity));
+                }
+            };
+            let session_id = lease.shared.id().to_owned();
+            let job_run = async {
+                let stream = lease.shared.connect().await?;
+                execute(
+                    stream,
+                    &session_id,
+                    key.to_hex(),
+                    argv.clone(),
+                    job.source.clone(),
+                    &job.extra_outputs,
+                    &self.settings.limits,
+                )
+                .await
+            };
+            let result = tokio::select! {
+                result = job_run => result,
+                broken = lease.shared.watch(self.settings.health) => Err(broken.into()),
+            };
+            match result {
+                Err(WorkerError::Runtime(error)) => {
+                    self.pool.discard(lease).await;
+                    if retried {
+                        return Err(WorkerError::Runtime(error));
+                    }
+                    tracing::warn!(session = %session_id, %error, "retrying a job on a fresh session");
+                    retried = true;
+                }
+                other => {
+                    self.pool.release(lease, Instant::now()).await;
+                    break (other?, session_id);
+                }
+            }
+        };
         if let (0, Some(object)) = (ran.exit_code, &ran.object) {
             let mut entry = ResultEntry::default();
             entry.set(SectionKind::Object, object.clone());
@@ -518,9 +588,8 @@ impl Worker {
             if let Some((_, dwo)) = ran.extras.first() {
                 entry.set(SectionKind::Dwo, dwo.clone());
             }
-            if let Err(error) = self.cache.put(Kind::Result, key, &entry.encode()) {
-                tracing::warn!(%error, "storing a remote result");
-            }
+            self.cache
+                .put(namespace, job.policy.max_cache_bytes, key, &entry.encode());
         }
         Ok(CompileOutput {
             exit_code: ran.exit_code,
@@ -533,28 +602,5 @@ impl Worker {
             duration_ms: 0,
             injected: Vec::new(),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_source_budget_refuses_what_does_not_fit_until_room_is_freed() {
-        let budget = SourceBudget::new(4 << 20);
-        let first = budget.reserve(3 << 20).expect("3 MiB of 4 fit");
-        assert!(budget.reserve(2 << 20).is_none(), "5 MiB of 4");
-        let small = budget.reserve(1).expect("1 KiB fits");
-        drop(first);
-        assert!(
-            budget.reserve(3 << 20).is_some(),
-            "room again once released"
-        );
-        drop(small);
-        assert!(
-            budget.reserve(u64::MAX).is_none(),
-            "never more than the budget"
-        );
     }
 }

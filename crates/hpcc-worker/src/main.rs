@@ -1,6 +1,8 @@
-//! `hpcc-worker --config worker.toml`: imports its images, starts the sandbox runtime,
-//! registers with the scheduler and heartbeats, and serves compiles until SIGTERM, when it
-//! stops its sessions.
+//! `hpcc-worker --config worker.toml`: imports its images (archives named by `images`, and
+//! references pulled by digest, `pull`), sets up the runtime its config names (`runtime` is
+//! required; `sandbox` is announced as not a kernel boundary), registers with the scheduler and
+//! heartbeats (naming the runtime, its sessions and waiting jobs), reaps idle sessions at each
+//! heartbeat, and serves compiles until SIGTERM, when it stops its sessions.
 //!
 //! `hpcc-worker audit-verify --config worker.toml ROW` (or `--log FILE [--line N]`) re-runs
 //! audited jobs with this worker's images, retained sources and policy
@@ -17,33 +19,36 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hpcc_auth::RoutingVerifier;
-use hpcc_core::config::{RuntimeKind, WorkerConfig};
+use hpcc_core::config::{JailSettings, JailerSettings, RuntimeKind, WorkerConfig};
 use hpcc_image::ImageStore;
 use hpcc_proto::scheduler::scheduler_client::SchedulerClient;
-use hpcc_proto::scheduler::{HeartbeatRequest, RegisterRequest};
+use hpcc_proto::scheduler::{HeartbeatRequest, RegisterRequest, TenantLoad};
 use hpcc_runtime::sandbox::{SandboxConfig, SandboxRuntime};
-use hpcc_runtime::vm::firecracker::{FirecrackerConfig, FirecrackerRuntime};
+use hpcc_runtime::vm::firecracker::{self, FirecrackerConfig, FirecrackerRuntime, JailerConfig};
+use hpcc_runtime::vm::jail::{CgroupVersion, JailConfig};
 use hpcc_runtime::vm::qemu::{Accel, QemuConfig, QemuRuntime};
 use hpcc_runtime::vm::GuestConfig;
 use hpcc_runtime::Limits;
 use hpcc_runtime::Runtime;
-use hpcc_store::{DiskConfig, DiskStore};
 use hpcc_worker::audit::{AuditLog, AuditRow};
+use hpcc_worker::cache::WorkerCache;
 use hpcc_worker::service::WorkerService;
-use hpcc_worker::sessions::SessionPool;
+use hpcc_worker::sessions::{PoolConfig, SessionPool};
+use hpcc_worker::snapshots::SnapshotStore;
 use hpcc_worker::sources::SourceStore;
 use hpcc_worker::verify::{Verdict, Verifier};
 use hpcc_worker::{StoreRootfs, Worker, WorkerSettings};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 fn main() -> ExitCode {
-    if std::env::var_os("HPCC_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("HPCC_LOG"))
-            .with_writer(std::io::stderr)
-            .init();
+    // A server logs what it does at `info` (and warnings: a job refused for a broken image, a
+    // store gone) unless `HPCC_LOG` says otherwise.
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if hpcc_core::cli::help_or_version("hpcc-worker", USAGE, &args) {
+        return ExitCode::SUCCESS;
     }
-    let command = match parse_args(std::env::args_os().skip(1).collect()) {
+    hpcc_core::logging::init_stderr("info");
+    let command = match parse_args(args) {
         Ok(command) => command,
         Err(message) => {
             eprintln!("hpcc-worker: {message}\n{USAGE}");
@@ -59,6 +64,13 @@ fn main() -> ExitCode {
             }
         },
         Command::AuditVerify { config, rows } => audit_verify(&config, &rows),
+        Command::Status { config } => status(&config),
+        Command::Tenants { config } => retention(&config, None),
+        Command::DeleteTenant {
+            config,
+            tenant,
+            namespaces,
+        } => retention(&config, Some((&tenant, &namespaces))),
     }
 }
 
@@ -66,7 +78,16 @@ const USAGE: &str = "\
 usage: hpcc-worker --config FILE                         serve compiles
        hpcc-worker audit-verify --config FILE ROW        re-run one audit row (a TSV line)
        hpcc-worker audit-verify --config FILE --log LOG [--line N]
-                                                         re-run line N of LOG, or every row";
+                                                         re-run line N of LOG, or every row
+       hpcc-worker status --config FILE                  the serving worker's runtime,
+                                                         boundary, sessions and load
+       hpcc-worker tenants --config FILE                 each tenant's and namespace's data
+                                                         in every tier
+       hpcc-worker delete-tenant --config FILE TENANT [--namespace group-NAME]...
+                                                         delete a tenant's cache namespace
+                                                         (every tier), kept sources and
+                                                         snapshots, and the named sharing
+                                                         groups' namespaces";
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,6 +96,16 @@ enum Command {
     Serve { config: PathBuf },
     /// Re-run audit rows.
     AuditVerify { config: PathBuf, rows: Rows },
+    /// Show the serving worker's status file.
+    Status { config: PathBuf },
+    /// List each tenant's data.
+    Tenants { config: PathBuf },
+    /// Delete a tenant's data (and named sharing groups' namespaces).
+    DeleteTenant {
+        config: PathBuf,
+        tenant: String,
+        namespaces: Vec<String>,
+    },
 }
 
 /// Which rows to verify.
@@ -91,7 +122,10 @@ fn parse_args(args: Vec<OsString>) -> Result<Command, String> {
     let mut args = args.into_iter();
     let first = args.next();
     let verify = first.as_deref() == Some("audit-verify".as_ref());
-    let mut pending = if verify {
+    let show_status = first.as_deref() == Some("status".as_ref());
+    let tenants = first.as_deref() == Some("tenants".as_ref());
+    let delete = first.as_deref() == Some("delete-tenant".as_ref());
+    let mut pending = if verify || show_status || tenants || delete {
         Vec::new()
     } else {
         first.into_iter().collect()
@@ -101,6 +135,8 @@ fn parse_args(args: Vec<OsString>) -> Result<Command, String> {
     let mut log = None;
     let mut line = None;
     let mut row = None;
+    let mut tenant = None;
+    let mut namespaces = Vec::new();
     let mut words = pending.into_iter();
     while let Some(word) = words.next() {
         let mut value = |name: &str| words.next().ok_or_else(|| format!("{name} needs a value"));
@@ -116,6 +152,19 @@ fn parse_args(args: Vec<OsString>) -> Result<Command, String> {
                     .ok_or_else(|| format!("--line {text:?}: not a line number (from 1)"))?;
                 line = Some(number);
             }
+            Some("--namespace") if delete => {
+                let name = value("--namespace")?;
+                namespaces.push(
+                    name.into_string()
+                        .map_err(|name| format!("--namespace {name:?} is not UTF-8"))?,
+                );
+            }
+            _ if delete && tenant.is_none() && !word.as_encoded_bytes().starts_with(b"--") => {
+                tenant = Some(
+                    word.into_string()
+                        .map_err(|word| format!("the tenant {word:?} is not UTF-8"))?,
+                );
+            }
             _ if verify && row.is_none() && !word.as_encoded_bytes().starts_with(b"--") => {
                 let text = word
                     .into_string()
@@ -126,6 +175,20 @@ fn parse_args(args: Vec<OsString>) -> Result<Command, String> {
         }
     }
     let config = config.ok_or("--config FILE is required")?;
+    if show_status {
+        return Ok(Command::Status { config });
+    }
+    if tenants {
+        return Ok(Command::Tenants { config });
+    }
+    if delete {
+        let tenant = tenant.ok_or("delete-tenant needs a TENANT")?;
+        return Ok(Command::DeleteTenant {
+            config,
+            tenant,
+            namespaces,
+        });
+    }
     if !verify {
         return Ok(Command::Serve { config });
     }
@@ -148,8 +211,71 @@ fn limits() -> Limits {
     Limits::default()
 }
 
+/// The pool's limits from `config`; `host_memory` (bytes, 0 if unknown) sizes the default
+/// guest memory budget: three quarters of it, the rest left to the worker, its caches and
+/// the host.
+fn pool_config(config: &WorkerConfig, host_memory: u64) -> PoolConfig {
+    PoolConfig {
+        idle_ttl: Duration::from_secs(config.session_idle_secs),
+        max_ttl: Duration::from_secs(config.session_max_secs),
+        max_sessions: config.max_sessions,
+        max_sessions_per_tenant: config
+            .max_sessions_per_tenant
+            .unwrap_or(config.max_sessions),
+        memory_budget: config.guest_memory_budget.unwrap_or(host_memory / 4 * 3),
+        wait: Duration::from_secs(config.session_wait_secs),
+    }
+}
+
+/// The host's memory in bytes (`MemTotal` of `/proc/meminfo`), 0 if it cannot be read.
+fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib.saturating_mul(1024))
+}
+
 /// `SOURCE_DATE_EPOCH` inside this worker's sessions.
 const SOURCE_DATE_EPOCH: u64 = 0;
+
+/// The VMM jail `[vm.jail]` asks for, or `None` when it is disabled.
+fn jail(settings: &JailSettings) -> Result<Option<JailConfig>> {
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let cgroup_version = match settings.cgroup_version.as_str() {
+        "auto" => CgroupVersion::Auto,
+        "1" => CgroupVersion::V1,
+        "2" => CgroupVersion::V2,
+        other => bail!("vm.jail.cgroup_version = {other:?}: expected \"auto\", \"1\" or \"2\""),
+    };
+    Ok(Some(JailConfig {
+        uid_base: settings.uid_base,
+        uid_count: settings.uid_count,
+        cgroup_version,
+        cgroup_parent: settings.cgroup_parent.clone(),
+        memory_bytes: settings
+            .memory_mib
+            .map(|mib| {
+                mib.checked_mul(1 << 20)
+                    .context("vm.jail.memory_mib is too large")
+            })
+            .transpose()?,
+        cpu_millis: settings.cpu_millis,
+        pids_max: settings.pids_max,
+        ..JailConfig::default()
+    }))
+}
 
 /// The isolation runtime `config` names (`runtime`, and `[vm]` for the microVMs).
 fn isolation(config: &WorkerConfig) -> Result<Arc<dyn Runtime>> {
@@ -183,8 +309,8 @@ fn isolation(config: &WorkerConfig) -> Result<Arc<dyn Runtime>> {
                 QemuRuntime::new(QemuConfig {
                     guest: vm()?,
                     qemu: settings.qemu.clone(),
-                    vhost_vsock: settings.vhost_vsock.clone(),
                     accel,
+                    jail: jail(&settings.jail)?,
                 })
                 .context("the qemu runtime")?,
             )
@@ -196,11 +322,39 @@ fn isolation(config: &WorkerConfig) -> Result<Arc<dyn Runtime>> {
                     guest: vm()?,
                     firecracker: settings.firecracker.clone(),
                     boot_args_extra: settings.kernel_args.clone(),
+                    jailer: settings
+                        .jailer
+                        .as_ref()
+                        .map(|jailer| jailer_config(jailer, &config.state_dir.join("jail"))),
+                    jail: jail(&settings.jail)?,
                 })
                 .context("the firecracker runtime")?,
             )
         }
     })
+}
+
+/// The runtime's jailer setup from `[vm.jailer]`; jails go under `default_base` unless the
+/// table names a `chroot_base_dir`.
+fn jailer_config(settings: &JailerSettings, default_base: &std::path::Path) -> JailerConfig {
+    let base = settings
+        .chroot_base_dir
+        .clone()
+        .unwrap_or_else(|| default_base.to_owned());
+    let mut jailer = JailerConfig::new(settings.binary.clone(), base);
+    jailer.uid_base = settings.uid_base;
+    jailer.uid_count = settings.uid_count;
+    match settings.cgroup_version {
+        Some(1) => jailer.cgroup_version = firecracker::CgroupVersion::V1,
+        Some(2) => jailer.cgroup_version = firecracker::CgroupVersion::V2,
+        // Absent (or refused by the config's checks): what the host runs.
+        _ => {}
+    }
+    jailer.parent_cgroup = settings.parent_cgroup.clone();
+    jailer.memory_overhead_mib = settings.memory_overhead_mib;
+    jailer.pids_max = settings.pids_max;
+    jailer.netns = settings.netns.clone();
+    jailer
 }
 
 /// The isolation runtime of `audit-verify`, set up when the first re-run starts a session, so
@@ -357,6 +511,74 @@ fn audit_verify(config_path: &Path, rows: &Rows) -> ExitCode {
     }
 }
 
+/// `hpcc-worker status`: prints the serving worker's status file and whether it still
+/// serves; exit 0 when it does, 3 when it does not, 1 when there is no status to show.
+/// `tenants` (no `delete`) or `delete-tenant`: prints what the stores hold or what was
+/// deleted; exit 2 with the reason on an error.
+fn retention(config_path: &Path, delete: Option<(&str, &[String])>) -> ExitCode {
+    let run = || -> Result<String> {
+        let text = read(config_path, "config file")?;
+        let config = WorkerConfig::parse(config_path, &text)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let done = runtime.block_on(async {
+            match delete {
+                Some((tenant, namespaces)) => {
+                    hpcc_worker::retention::delete(&config, tenant, namespaces).await
+                }
+                None => hpcc_worker::retention::list(&config).await,
+            }
+        })?;
+        Ok(done)
+    };
+    match run() {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("hpcc-worker: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn status(config_path: &Path) -> ExitCode {
+    let shown = || -> Result<Result<String, String>> {
+        let text = read(config_path, "config file")?;
+        let config = WorkerConfig::parse(config_path, &text)?;
+        let file = hpcc_worker::status::path(&config.state_dir);
+        let status = std::fs::read_to_string(&file).with_context(|| {
+            format!("no status at {} (has this worker served?)", file.display())
+        })?;
+        let pid_runs = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+        Ok(hpcc_worker::status::liveness(
+            &status,
+            hpcc_worker::status::now(),
+            Duration::from_secs(120),
+            pid_runs,
+        )
+        .map(|()| status.clone())
+        .map_err(|why| format!("{status}state = {why}")))
+    };
+    match shown() {
+        Ok(Ok(status)) => {
+            println!("{status}state = serving");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(status)) => {
+            println!("{status}");
+            ExitCode::from(3)
+        }
+        Err(error) => {
+            eprintln!("hpcc-worker: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(config_path: &Path) -> Result<()> {
     let text = read(config_path, "config file")?;
     let config = WorkerConfig::parse(config_path, &text)?;
@@ -395,13 +617,56 @@ fn run(config_path: &Path) -> Result<()> {
         imported.push(digest.to_string());
     }
     let runtime = isolation(&config)?;
-    let pool = SessionPool::new(
-        runtime,
-        Duration::from_secs(config.session_idle_secs),
-        Duration::from_secs(config.session_max_secs),
+    if config.runtime.is_kernel_boundary() {
+        eprintln!("hpcc-worker: runtime {}", config.runtime.as_str());
+    } else {
+        eprintln!(
+            "hpcc-worker: runtime sandbox: not a kernel boundary (namespaces and seccomp over \
+             the host's kernel); use runtime = \"qemu\" or \"firecracker\" in production"
+        );
+        tracing::warn!("runtime sandbox: not a kernel boundary");
+    }
+    let pool_config = pool_config(&config, host_memory());
+    eprintln!(
+        "hpcc-worker: at most {} sessions ({} per tenant) within {} MiB of guest memory, {} MiB each",
+        pool_config.max_sessions,
+        pool_config.max_sessions_per_tenant,
+        pool_config.memory_budget >> 20,
+        runtime.session_memory() >> 20,
     );
-    let cache = DiskStore::open(&config.state_dir.join("cache"), DiskConfig::default())
-        .context("opening the worker cache")?;
+    let snapshots = if config.snapshots && runtime.snapshot_identity().is_some() {
+        let dir = config
+            .snapshot_dir
+            .clone()
+            .unwrap_or_else(|| config.state_dir.join("snapshots"));
+        Some(Arc::new(
+            SnapshotStore::open(
+                &dir,
+                Duration::from_secs(config.snapshot_ttl_secs),
+                config.snapshot_max_bytes,
+            )
+            .context("opening the snapshot store")?,
+        ))
+    } else {
+        None
+    };
+    let pool = SessionPool::new(runtime, pool_config, snapshots);
+    let cache = WorkerCache::open(&config.state_dir.join("cache"), &config.cache)
+        .context("opening the worker cache ([cache])")?;
+    tokio_runtime.block_on(WorkerCache::create_buckets(&config.cache.remote));
+    if !config.cache.remote.is_empty() {
+        eprintln!(
+            "hpcc-worker: cache tiers: local disk ({} bytes), then {}",
+            config.cache.max_size.0,
+            config
+                .cache
+                .remote
+                .iter()
+                .map(|remote| remote.display_name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let audit =
         AuditLog::open(&config.state_dir.join("audit.tsv")).context("opening the audit log")?;
     let sources = SourceStore::open(
@@ -415,6 +680,7 @@ fn run(config_path: &Path) -> Result<()> {
             capacity: config.capacity,
             limits: limits(),
             source_date_epoch: SOURCE_DATE_EPOCH,
+            health: hpcc_runtime::health::HealthPolicy::default(),
         },
         verifier,
         pool,
@@ -477,13 +743,17 @@ async fn serve(
         tls_server_name: config.tls_server_name.clone().unwrap_or_default(),
         capacity: config.capacity,
         warm_images: images.clone(),
+        runtime: config.runtime.as_str().to_owned(),
     };
-    // Registration and heartbeats: a scheduler that is down or restarted is retried.
+    // Registration and heartbeats: a scheduler that is down or restarted is retried. Both
+    // name the runtime, so the scheduler's view of a worker says which boundary it is.
+    let runtime_name = config.runtime.as_str().to_owned();
+    let kernel_boundary = config.runtime.is_kernel_boundary();
+    let state_dir = config.state_dir.clone();
     {
         let worker = Arc::clone(&worker);
         let secret = secret.clone();
-        #[allow(clippy::disallowed_methods)]
-        tokio::spawn(async move {
+        hpcc_worker::spawn_named("heartbeat", async move {
             let mut registered = false;
             let mut interval = Duration::from_millis(1_000);
             loop {
@@ -493,28 +763,59 @@ async fn serve(
                         .await
                     {
                         Ok(reply) => {
+                            tracing::info!(scheduler = %config.scheduler, "registered with the scheduler");
                             registered = true;
                             interval = Duration::from_millis(
                                 reply.into_inner().heartbeat_interval_ms.clamp(100, 60_000),
                             );
                         }
-                        Err(status) => tracing::warn!(%status, "registering with the scheduler"),
+                        Err(status) => tracing::warn!(
+                            scheduler = %config.scheduler,
+                            code = ?status.code(),
+                            message = status.message(),
+                            "cannot register with the scheduler; retrying"
+                        ),
                     }
                 } else {
                     let mut warm = images.clone();
-                    warm.extend(worker.pool().warm_images().await);
+                    warm.extend(worker.pool().warm_images());
                     warm.sort();
                     warm.dedup();
+                    let pool = worker.pool().status();
                     let beat = HeartbeatRequest {
                         worker_id: worker.id().to_owned(),
                         load: worker.load() + worker.queued(),
                         capacity: worker.capacity(),
                         warm_images: warm,
+                        runtime: runtime_name.clone(),
+                        sessions: u32::try_from(pool.ready + pool.starting + pool.retiring)
+                            .unwrap_or(u32::MAX),
+                        waiting_for_session: u32::try_from(pool.waiting).unwrap_or(u32::MAX),
+                        tenants: worker
+                            .tenant_load()
+                            .into_iter()
+                            .map(|(tenant_id, jobs)| TenantLoad { tenant_id, jobs })
+                            .collect(),
                     };
                     match scheduler.heartbeat(with_secret(beat, &secret)).await {
                         Ok(reply) => registered = reply.into_inner().known,
                         Err(status) => tracing::warn!(%status, "heartbeat"),
                     }
+                }
+                let pool = worker.pool().status();
+                let status = hpcc_worker::status::Status {
+                    worker: worker.id().to_owned(),
+                    runtime: runtime_name.clone(),
+                    kernel_boundary,
+                    pid: std::process::id(),
+                    updated: hpcc_worker::status::now(),
+                    load: worker.load() + worker.queued(),
+                    capacity: worker.capacity(),
+                    sessions: [pool.ready, pool.starting, pool.retiring],
+                    waiting: pool.waiting,
+                };
+                if let Err(error) = status.write(&state_dir) {
+                    tracing::warn!(%error, "writing the status file");
                 }
                 worker.pool().reap(Instant::now()).await;
                 tokio::time::sleep(interval).await;
@@ -533,14 +834,15 @@ async fn serve(
             .context("configuring TLS")?;
     }
     eprintln!(
-        "hpcc-worker {} ({}) listening on {address}, advertised as {advertise} ({})",
+        "hpcc-worker {} ({}) listening on {address}, advertised as {advertise} ({}), runtime {}",
         config.id,
         env!("CARGO_PKG_VERSION"),
         if config.tls.is_some() {
             "TLS"
         } else {
             "plaintext"
-        }
+        },
+        config.runtime.as_str(),
     );
     let pool_worker = Arc::clone(&worker);
     server
@@ -640,6 +942,50 @@ mod tests {
         );
         check(&["audit-verify", "row"], Err("--config FILE is required"));
         check(
+            &["status", "--config", "w.toml"],
+            Ok(Command::Status { config: config() }),
+        );
+        check(&["status"], Err("--config FILE is required"));
+        check(
+            &["tenants", "--config", "w.toml"],
+            Ok(Command::Tenants { config: config() }),
+        );
+        check(
+            &["tenants", "--config", "w.toml", "a"],
+            Err("unexpected argument"),
+        );
+        check(
+            &[
+                "delete-tenant",
+                "--config",
+                "w.toml",
+                "acme",
+                "--namespace",
+                "group-eng",
+            ],
+            Ok(Command::DeleteTenant {
+                config: config(),
+                tenant: "acme".into(),
+                namespaces: vec!["group-eng".into()],
+            }),
+        );
+        check(
+            &["delete-tenant", "--config", "w.toml"],
+            Err("needs a TENANT"),
+        );
+        check(
+            &["delete-tenant", "--config", "w.toml", "a", "b"],
+            Err("unexpected argument"),
+        );
+        check(
+            &["--config", "w.toml", "--namespace", "x"],
+            Err("unexpected argument"),
+        );
+        check(
+            &["status", "--config", "w.toml", "x"],
+            Err("unexpected argument"),
+        );
+        check(
             &["audit-verify", "--config", "w.toml", "r1", "r2"],
             Err("unexpected argument \"r2\""),
         );
@@ -669,5 +1015,41 @@ mod tests {
             &["audit-verify", "--config", "w.toml", "--verbose"],
             Err("unexpected argument \"--verbose\""),
         );
+    }
+
+    /// `[vm.jailer]` reaches the runtime as written, jails default to the worker's state
+    /// directory, and an absent cgroup version leaves the host's.
+    #[test]
+    fn jailer_settings_become_the_runtime_config() {
+        let settings = JailerSettings {
+            binary: PathBuf::from("/usr/bin/jailer"),
+            chroot_base_dir: None,
+            uid_base: 500_000,
+            uid_count: 10,
+            cgroup_version: Some(2),
+            parent_cgroup: "farm/fc".into(),
+            memory_overhead_mib: 64,
+            pids_max: 99,
+            netns: Some(PathBuf::from("/run/netns/nothing")),
+        };
+        let jailer = jailer_config(&settings, Path::new("/var/lib/w/jail"));
+        assert_eq!(jailer.jailer, Path::new("/usr/bin/jailer"));
+        assert_eq!(jailer.chroot_base, Path::new("/var/lib/w/jail"));
+        assert_eq!((jailer.uid_base, jailer.uid_count), (500_000, 10));
+        assert_eq!(jailer.cgroup_version, firecracker::CgroupVersion::V2);
+        assert_eq!(jailer.parent_cgroup, "farm/fc");
+        assert_eq!((jailer.memory_overhead_mib, jailer.pids_max), (64, 99));
+        assert_eq!(
+            jailer.netns.as_deref(),
+            Some(Path::new("/run/netns/nothing"))
+        );
+        let elsewhere = JailerSettings {
+            chroot_base_dir: Some(PathBuf::from("/srv/jail")),
+            cgroup_version: None,
+            ..settings
+        };
+        let jailer = jailer_config(&elsewhere, Path::new("/var/lib/w/jail"));
+        assert_eq!(jailer.chroot_base, Path::new("/srv/jail"));
+        assert_eq!(jailer.cgroup_version, firecracker::CgroupVersion::detect());
     }
 }

@@ -208,7 +208,7 @@ pub struct RefusedFlag {
 }
 
 /// Checks the client's flags: each is an option (starts with `-`, no `@file`), none from
-/// [`REFUSED_PREFIXES`], no NUL.
+/// `REFUSED_PREFIXES`, no NUL.
 pub fn check_flags(flags: &[String]) -> Result<(), RefusedFlag> {
     for flag in flags {
         let refuse = |why| {
@@ -236,6 +236,9 @@ pub fn check_flags(flags: &[String]) -> Result<(), RefusedFlag> {
 /// What determines a remote compile's outputs, and so its key in the worker's cache.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyInputs<'a> {
+    /// The storage namespace (the tenant's, or its sharing group's): two namespaces never
+    /// share a key, whatever else they share.
+    pub namespace: &'a str,
     /// The image (the toolchain identity).
     pub image: &'a str,
     /// The driver.
@@ -255,7 +258,8 @@ pub struct KeyInputs<'a> {
 /// The cache key of a remote compile.
 pub fn cache_key(inputs: KeyInputs<'_>) -> Digest {
     let mut hasher = KeyHasher::new();
-    hasher.field("format", b"hpcc-remote-key-1");
+    hasher.field("format", b"hpcc-remote-key-2");
+    hasher.field("namespace", inputs.namespace.as_bytes());
     hasher.field("image", inputs.image.as_bytes());
     hasher.field("compiler", inputs.compiler.as_bytes());
     hasher.field("language", inputs.language.as_bytes());
@@ -382,6 +386,7 @@ mod tests {
         let flags = vec!["-O2".to_owned()];
         let injected = injected_flags(&digest);
         let base = KeyInputs {
+            namespace: "tenant-a",
             image: "sha256:a",
             compiler: "gcc",
             language: "cpp-output",
@@ -394,6 +399,14 @@ mod tests {
         let other_flags = vec!["-O3".to_owned()];
         let extra = vec!["x.dwo".to_owned()];
         let variants = [
+            KeyInputs {
+                namespace: "tenant-b",
+                ..base
+            },
+            KeyInputs {
+                namespace: "group-a",
+                ..base
+            },
             KeyInputs {
                 image: "sha256:b",
                 ..base

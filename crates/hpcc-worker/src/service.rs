@@ -19,7 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{CompileJob, CompileOutput, SourceReservation, Worker, WorkerError};
+use crate::fair::BytesHeld;
+use crate::{CompileJob, CompileOutput, Worker, WorkerError};
 
 /// The largest preprocessed source accepted, uncompressed.
 pub const MAX_SOURCE_BYTES: u64 = 256 << 20;
@@ -30,12 +31,13 @@ const OUTPUT_CHUNK: usize = 1 << 20;
 
 impl From<WorkerError> for Status {
     fn from(error: WorkerError) -> Status {
-        let message = error.to_string();
+        // The whole cause chain: the client's log is where an operator looks first.
+        let message = hpcc_core::report::chain(&error);
         match error {
             WorkerError::Token(_) => Status::permission_denied(message),
             WorkerError::BadRequest(_) | WorkerError::Flag(_) => Status::invalid_argument(message),
-            WorkerError::NoImage(_) => Status::failed_precondition(message),
-            WorkerError::Busy(_) => Status::resource_exhausted(message),
+            WorkerError::NoImage(..) => Status::failed_precondition(message),
+            WorkerError::Busy(_) | WorkerError::Quota(_) => Status::resource_exhausted(message),
             WorkerError::Runtime(_) | WorkerError::Audit(_) => Status::unavailable(message),
         }
     }
@@ -62,7 +64,7 @@ impl WorkerService {
     }
 }
 
-/// Decompresses one zstd frame of at most [`MAX_CHUNK_BYTES`].
+/// Decompresses one zstd frame of at most `MAX_CHUNK_BYTES`.
 pub fn unzstd(frame: &[u8]) -> Result<Vec<u8>, Status> {
     zstd::bulk::decompress(frame, MAX_CHUNK_BYTES)
         .map_err(|error| Status::invalid_argument(format!("bad zstd chunk: {error}")))
@@ -77,7 +79,7 @@ pub fn zstd_chunk(data: &[u8]) -> Vec<u8> {
 async fn read_job(
     worker: &Worker,
     mut stream: Streaming<CompileRequest>,
-) -> Result<(CompileJob, SourceReservation), Status> {
+) -> Result<(CompileJob, BytesHeld), Status> {
     let header = match stream.next().await {
         Some(Ok(CompileRequest {
             kind: Some(RequestKind::Header(header)),
@@ -85,12 +87,20 @@ async fn read_job(
         Some(Err(status)) => return Err(status),
         _ => return Err(Status::invalid_argument("a compile starts with its header")),
     };
-    worker.authorize(
+    let claims = worker.authorize(
         &header.routing_token,
         &header.tenant_id,
         &header.image_digest,
         now(),
     )?;
+    // The tenant names directories and key prefixes; the scheduler only signs tenants its
+    // config accepts, but the worker does not rely on that.
+    if !hpcc_core::config::is_safe_name(&header.tenant_id) {
+        return Err(Status::invalid_argument(format!(
+            "tenant id {:?} is not a valid name",
+            header.tenant_id
+        )));
+    }
     if header.source_mode != SourceMode::Preprocessed as i32 {
         return Err(Status::unimplemented(
             "only the preprocessed source mode is served by this worker",
@@ -102,7 +112,11 @@ async fn read_job(
             header.source_len
         )));
     }
-    let reservation = worker.reserve_source(header.source_len)?;
+    let reservation = worker.reserve_source(
+        &header.tenant_id,
+        header.source_len,
+        claims.policy.max_source_bytes,
+    )?;
     let mut source = Vec::with_capacity(usize::try_from(header.source_len).unwrap_or(0));
     loop {
         match stream.next().await {
@@ -137,6 +151,7 @@ async fn read_job(
         flags: header.args,
         source,
         extra_outputs: header.extra_outputs,
+        policy: claims.policy,
     };
     Ok((job, reservation))
 }
@@ -201,8 +216,7 @@ impl worker_server::Worker for WorkerService {
         let worker = Arc::clone(&self.worker);
         let (job, reservation) = read_job(&worker, request.into_inner()).await?;
         let (sender, receiver) = mpsc::channel(16);
-        #[allow(clippy::disallowed_methods)]
-        tokio::spawn(async move {
+        crate::spawn_named("compile", async move {
             let outcome = tokio::select! {
                 outcome = worker.compile(job) => outcome,
                 () = sender.closed() => {

@@ -85,8 +85,8 @@ pub enum VerifyError {
     #[error(transparent)]
     Source(#[from] SourceError),
     /// The image is not on this worker.
-    #[error("image {0} is not present on this worker")]
-    NoImage(String),
+    #[error("image {0} is not present on this worker: {1}")]
+    NoImage(String, String),
     /// The agent refused the job.
     #[error("the agent refused the re-run: {0}")]
     Refused(String),
@@ -195,13 +195,15 @@ impl Verifier {
         // use, are file work: off the async threads.
         let sources_dir = self.sources_dir.clone();
         let digest = rerun.source_digest;
-        let source =
-            tokio::task::spawn_blocking(move || crate::sources::read(&sources_dir, &digest))
-                .await
-                .map_err(|error| VerifyError::Refused(format!("reading the source: {error}")))??;
+        let tenant = rerun.tenant.clone();
+        let source = tokio::task::spawn_blocking(move || {
+            crate::sources::read(&sources_dir, &tenant, &digest)
+        })
+        .await
+        .map_err(|error| VerifyError::Refused(format!("reading the source: {error}")))??;
         let rootfs = crate::rootfs_off_thread(&self.images, &rerun.image)
             .await
-            .ok_or_else(|| VerifyError::NoImage(rerun.image.clone()))?;
+            .map_err(|reason| VerifyError::NoImage(rerun.image.clone(), reason))?;
         let spec = SessionSpec {
             tenant: rerun.tenant.clone(),
             image_digest: rerun.image.clone(),

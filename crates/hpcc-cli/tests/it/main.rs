@@ -15,6 +15,14 @@
 //! - `daemon`: the local daemon as real processes: lifecycle, refusals, dedup, faults.
 //! - `remote`: remote tiers on real Redis and S3 servers: sharing, backfill, faults.
 //! - `servers`: those servers, and misbehaving ones, on loopback.
+//!
+//! Every test works in sandboxes of its own (`harness::Sandbox`): a temporary project, a
+//! private cache, no config file, a fixed locale, and a private `XDG_RUNTIME_DIR`, so any
+//! daemon is the sandbox's own. The daemon is off unless the sandbox is a daemon sandbox, whose
+//! daemon is stopped (or killed) when the sandbox drops. Servers run on free loopback ports and
+//! are killed when their test ends.
+// Tests spawn their own tasks directly: the spawn rule is for the services.
+#![allow(clippy::disallowed_methods)]
 
 mod basic;
 mod correctness;
@@ -28,15 +36,12 @@ mod robustness;
 mod servers;
 mod sharing;
 
-use libtest_mimic::{Arguments, Trial};
-
 use harness::Need;
 
 /// A test: its name, what it needs, and its body.
 pub type Case = (&'static str, &'static [Need], fn() -> harness::TestResult);
 
 fn main() {
-    let args = Arguments::from_args();
     let mut cases: Vec<Case> = Vec::new();
     cases.extend(basic::cases());
     cases.extend(deps::cases());
@@ -47,19 +52,5 @@ fn main() {
     cases.extend(invocation::cases());
     cases.extend(daemon::cases());
     cases.extend(remote::cases());
-    let trials = cases
-        .into_iter()
-        .map(|(name, needs, body)| {
-            let missing = harness::missing(needs);
-            let trial = Trial::test(name, move || body().map_err(Into::into));
-            match missing {
-                Some(reason) => {
-                    println!("skipped: {name}: {reason}");
-                    trial.with_ignored_flag(true)
-                }
-                None => trial,
-            }
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    hpcc_testkit::harness::run(cases, harness::missing, |_| None)
 }

@@ -5,7 +5,8 @@
 //! project (names and bytes). The argv uses relative paths and all runs happen in the same
 //! directory, so diagnostics and outputs that name paths match. The second runs show nothing
 //! was cached, and `hpcc stats` must count exactly the two hpcc runs under the expected reason
-//! and nothing else.
+//! and nothing else. A missing output directory is checked on its own, hit and miss, with and
+//! without a daemon.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -405,6 +406,88 @@ fn clang() -> TestResult {
     ])
 }
 
+/// An output directory that does not exist: the compiler's own error (`can't create
+/// nodir/x.o`, or `opening dependency file nodir/x.d` with `-MD`) and exit code, never one
+/// about hpcc's temporaries, on a miss and on a would-be hit (the same compile cached with an
+/// output that had a directory), in-process and through a daemon, with and without `-MD`.
+fn missing_output_dir(compiler: &str) -> TestResult {
+    for with_daemon in [false, true] {
+        let sandbox = if with_daemon {
+            Sandbox::with_daemon(&[])
+        } else {
+            Sandbox::new()
+        };
+        for (name, text) in FILES {
+            sandbox.write(name, text);
+        }
+        if with_daemon {
+            sandbox.start_daemon()?;
+        }
+        let mode = if with_daemon { "daemon" } else { "in-process" };
+        fs::create_dir(sandbox.project.join("out")).ctx("creating out/")?;
+        let mut passed = 0;
+        for md in [false, true] {
+            let dep: &[&str] = if md { &["-MD"] } else { &[] };
+            let argv = |source: &'static str, output: &'static str| -> Vec<&str> {
+                let mut argv = vec![compiler, "-c", source, "-o", output];
+                argv.extend_from_slice(dep);
+                argv
+            };
+            // x.c is cached (one miss, then a hit) with an output directory that exists.
+            for _ in 0..2 {
+                let out = sandbox.hpcc(&argv("x.c", "out/x.o"));
+                harness::succeeded(&out, &format!("{mode}: caching x.c"))?;
+            }
+            let (direct, preprocessor, _) = sandbox.counts();
+            ensure!(
+                direct + preprocessor >= 1,
+                "{mode}: x.c was not cached: {}",
+                sandbox.stats()
+            );
+            // x.c would be a hit, a.c is a miss: both into a directory that does not exist.
+            for (source, output) in [("x.c", "nodir/x.o"), ("a.c", "nodir/a.o")] {
+                let argv = argv(source, output);
+                let what = format!("{mode}: `{}`", argv.join(" "));
+                let plain = sandbox.plain_compiler(&argv);
+                ensure!(
+                    !plain.status.success()
+                        && harness::contains(&plain.stderr, b"nodir/")
+                        && !harness::contains(&plain.stderr, b".hpcc-"),
+                    "{what}: the plain compiler did not fail on nodir: {}",
+                    harness::text(&plain.stderr)
+                );
+                let through = sandbox.hpcc(&argv);
+                harness::same_behaviour(&plain, &through, &what)?;
+                passed += 1;
+                ensure!(
+                    !sandbox.project.join("nodir").exists(),
+                    "{what}: nodir was created"
+                );
+            }
+        }
+        let stray: Vec<_> = harness::tree(&sandbox.project)
+            .into_keys()
+            .filter(|path| path.to_string_lossy().contains(".hpcc-"))
+            .collect();
+        ensure!(stray.is_empty(), "{mode}: temporaries left: {stray:?}");
+        let counted = sandbox.uncacheable("output_dir_missing");
+        ensure!(
+            counted == passed,
+            "{mode}: {counted} compiles counted as output_dir_missing, expected {passed}; stats: {}",
+            sandbox.stats()
+        );
+    }
+    Ok(())
+}
+
+fn missing_output_dir_gcc() -> TestResult {
+    missing_output_dir("gcc")
+}
+
+fn missing_output_dir_clang() -> TestResult {
+    missing_output_dir("clang")
+}
+
 pub fn cases() -> Vec<crate::Case> {
     const GCC: &[Need] = &[Need::Gcc];
     vec![
@@ -424,5 +507,15 @@ pub fn cases() -> Vec<crate::Case> {
         ("passthrough::environment", GCC, environment),
         ("passthrough::query", GCC, query),
         ("passthrough::clang", &[Need::Clang], clang),
+        (
+            "passthrough::missing_output_dir_gcc",
+            GCC,
+            missing_output_dir_gcc,
+        ),
+        (
+            "passthrough::missing_output_dir_clang",
+            &[Need::Clang],
+            missing_output_dir_clang,
+        ),
     ]
 }

@@ -1,6 +1,7 @@
 //! Remote tiers on real servers: two caches sharing one Redis or S3 store stand in for two
 //! machines; backfill from a slower tier; a store killed mid-build; stores that never answer
-//! or trickle; a cluster with a member down; a corrupted remote object.
+//! or trickle; a cluster with a member down; a corrupted remote object; fresh machines whose
+//! builds start their own daemons (or run without one) and still share every entry.
 
 use std::fs;
 use std::process::Command;
@@ -393,6 +394,105 @@ fn corrupted_remote_object_is_recompiled() -> TestResult {
     Ok(())
 }
 
+/// A machine as a fresh CI runner is: remote tiers configured, no daemon running, and
+/// `daemon.autostart` on, so the first compile of a build starts the daemon.
+fn fresh_machine(remote: &str) -> Sandbox {
+    let mut settings: Vec<(&str, &str)> = S3_ENV.to_vec();
+    settings.push(("HPCC_REMOTE", remote));
+    settings.push(("HPCC_DAEMON_AUTOSTART", "true"));
+    let sandbox = Sandbox::with_daemon(&settings);
+    fs::write(sandbox.project.join(".hpcc"), "").expect("writing the marker");
+    sandbox
+}
+
+/// `make` with as many compiles at once as there are files, so that many wrappers start
+/// while no daemon runs; `env` is set for every compile.
+fn build_all_at_once(sandbox: &Sandbox, files: usize, env: &[(&str, &str)]) -> TestResult {
+    let cc = format!("CC={} gcc", harness::hpcc_binary().display());
+    let jobs = format!("-j{files}");
+    let mut command = sandbox.plain_command(&["make", "-s", &jobs, &cc]);
+    command.envs(env.iter().copied());
+    let out = command.output().ctx("running make")?;
+    harness::succeeded(&out, "make")
+}
+
+/// The files of the shared-tier scenario: enough that a build outruns a starting daemon.
+const FRESH_FILES: usize = 20;
+
+/// Machine B, fresh like A, builds A's sources at another path: every compile must be a
+/// hit from the remote tier, byte-identical to A's objects.
+fn second_fresh_machine_hits(a: &Sandbox, remote: &str) -> TestResult {
+    let (_, _, misses) = a.counts();
+    ensure!(
+        misses == FRESH_FILES as u64,
+        "A: {misses} misses of {FRESH_FILES}; stats: {}",
+        a.stats()
+    );
+    let built = objects(a, FRESH_FILES)?;
+    let b = fresh_machine(remote);
+    copy_sources(a, &b)?;
+    harness::settle();
+    build_all_at_once(&b, FRESH_FILES, &[])?;
+    stop(&b)?;
+    let (direct, preprocessor, misses) = b.counts();
+    ensure!(
+        direct + preprocessor == FRESH_FILES as u64 && misses == 0,
+        "B: {direct} + {preprocessor} hits and {misses} misses of {FRESH_FILES}; stats: {}",
+        b.stats()
+    );
+    check_objects(&b, &built)
+}
+
+/// Machine A, fresh, builds a new project with a Redis tier and stops; machine B, fresh too,
+/// must get every object from Redis (see [`second_fresh_machine_hits`]). With `daemon_on_a`,
+/// A's build starts its daemon itself; without, A builds with the daemon disabled, and a
+/// daemon started afterwards must upload what A's wrappers journaled.
+fn fresh_machines(daemon_on_a: bool) -> TestResult {
+    let dir = tempfile::tempdir().ctx("tempdir")?;
+    let redis = servers::redis(dir.path())?;
+    let remote = format!("[{}]", redis_tier("redis", redis.port));
+    let a = fresh_machine(&remote);
+    make_project(&a, FRESH_FILES)?;
+    harness::settle();
+    ensure!(
+        a.daemon_pid().is_none(),
+        "A: a daemon runs before the build"
+    );
+    let journal = a.cache.join("upload-journal");
+    if daemon_on_a {
+        build_all_at_once(&a, FRESH_FILES, &[])?;
+    } else {
+        build_all_at_once(&a, FRESH_FILES, &[("HPCC_DAEMON_ENABLED", "false")])?;
+        ensure!(a.daemon_pid().is_none(), "A: a daemon ran during the build");
+        let text = fs::read_to_string(&journal).ctx("reading A's upload journal")?;
+        // A manifest and a result per object.
+        let lines = text.lines().count();
+        ensure!(
+            lines == 2 * FRESH_FILES,
+            "A's journal lists {lines} entries, expected {}",
+            2 * FRESH_FILES
+        );
+        a.start_daemon()?;
+    }
+    stop(&a)?;
+    ensure!(
+        !journal.exists(),
+        "A's daemon left the upload journal behind"
+    );
+    second_fresh_machine_hits(&a, &remote)
+}
+
+/// The scenario: neither machine starts its daemon beforehand, so the first compiles
+/// of each build find none running, start it, and must still use the remote tier.
+fn fresh_machines_share_every_entry() -> TestResult {
+    fresh_machines(true)
+}
+
+/// Entries stored with no daemon at all are journaled and uploaded by the next daemon.
+fn entries_stored_without_a_daemon_are_uploaded_later() -> TestResult {
+    fresh_machines(false)
+}
+
 pub fn cases() -> Vec<crate::Case> {
     const REDIS: &[Need] = &[Need::Gcc, Need::Make, Need::Redis];
     const REDIS_S3: &[Need] = &[Need::Gcc, Need::Make, Need::Redis, Need::S3];
@@ -438,6 +538,16 @@ pub fn cases() -> Vec<crate::Case> {
             "remote::cluster_with_a_member_down_still_hits",
             REDIS,
             cluster_with_a_member_down_still_hits,
+        ),
+        (
+            "remote::fresh_machines_share_every_entry",
+            REDIS,
+            fresh_machines_share_every_entry,
+        ),
+        (
+            "remote::entries_stored_without_a_daemon_are_uploaded_later",
+            REDIS,
+            entries_stored_without_a_daemon_are_uploaded_later,
         ),
         (
             "remote::corrupted_remote_object_is_recompiled",

@@ -1,6 +1,9 @@
 //! Real store servers on loopback for the remote tests: `redis-server` (Debian) and moto's S3
 //! server (PyPI), each on a free port and killed when dropped; and misbehaving TCP servers
 //! (a black hole, a trickle) run on threads of the test.
+//!
+//! hpcc-store's integration tests include this file too (`#[path]`), so it needs nothing of
+//! this harness but `crate::harness::is_root`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -11,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A free loopback port (bound, then released for the server to take).
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     listener
         .local_addr()
@@ -72,12 +75,19 @@ impl Drop for Server {
 
 /// `redis-server` on a free port, without persistence.
 pub fn redis(dir: &Path) -> Result<Server, String> {
+    redis_with(dir, &[])
+}
+
+/// `redis-server` on a free port, without persistence, with more `--option value` arguments
+/// (hpcc-store's tests start the nodes of a Redis Cluster with it).
+pub fn redis_with(dir: &Path, options: &[&str]) -> Result<Server, String> {
     let port = free_port()?;
     let mut command = Command::new("redis-server");
     command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(dir);
+        .arg(dir)
+        .args(options);
     spawn_listening(command, port, "redis-server")
 }
 
@@ -131,7 +141,9 @@ pub fn s3(bucket: &str) -> Result<Server, String> {
     Ok(server)
 }
 
-fn http_request(port: u16, request: &str) -> Result<String, String> {
+/// Sends `request` (a whole HTTP/1.1 request, with `Connection: close`) to the server on
+/// `port`, returning the whole response.
+pub fn http_request(port: u16, request: &str) -> Result<String, String> {
     let mut stream =
         TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connecting: {e}"))?;
     stream

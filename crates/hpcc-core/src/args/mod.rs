@@ -179,6 +179,9 @@ pub enum NotCacheable {
     OutputToStdout,
     /// `-o /dev/null` or another non-regular output.
     OutputNotAFile,
+    /// The directory an output would be written to does not exist (named here): the compiler
+    /// reports it, not hpcc's temporaries beside the output.
+    OutputDirMissing(String),
     /// More than one `-o`.
     MultipleOutputs,
     /// The invocation writes no output file (`-fsyntax-only`).
@@ -231,6 +234,7 @@ impl NotCacheable {
             NotCacheable::StdinSource => "stdin_source",
             NotCacheable::OutputToStdout => "output_to_stdout",
             NotCacheable::OutputNotAFile => "output_not_a_file",
+            NotCacheable::OutputDirMissing(_) => "output_dir_missing",
             NotCacheable::MultipleOutputs => "multiple_outputs",
             NotCacheable::NoOutput => "no_output",
             NotCacheable::SaveTemps => "save_temps",
@@ -262,6 +266,7 @@ impl fmt::Display for NotCacheable {
             NotCacheable::Query(o) => write!(f, "information query {o:?}"),
             NotCacheable::ResponseFile(e) => write!(f, "response file: {e}"),
             NotCacheable::Environment(v) => write!(f, "environment variable {v} is set"),
+            NotCacheable::OutputDirMissing(dir) => write!(f, "output directory {dir} is missing"),
             NotCacheable::InputChanged(path) => {
                 write!(f, "input {path} changed during the compile")
             }

@@ -3,7 +3,13 @@
 //! A table is one store: the keys every store has ([`RemoteOptions`]: name, timeouts, size
 //! limit, cooldown) beside the keys of its `type` ([`Backend`]). Both halves refuse unknown
 //! keys; the split is done by hand (see [`RemoteConfig`]'s `Deserialize`) because serde's
-//! `flatten` cannot be combined with `deny_unknown_fields`.
+//! `flatten` cannot be combined with `deny_unknown_fields`. [`RemoteConfig::validate_all`]
+//! checks what types cannot: names unique, cluster sizes, `max_size` only on a store that can
+//! be listed. `HPCC_REMOTE` replaces every table (see [`crate::config::merge_env`]).
+//!
+//! By default a read may take 2 s, a write 5 s and a listing 30 s, retries included, and a store
+//! that failed sits out 30 s. Credentials for S3, GCS and Azure come from their standard chains,
+//! never from this file.
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -103,10 +109,17 @@ pub enum Backend {
         #[serde(default)]
         virtual_host_style: bool,
     },
-    /// A Redis server (`redis://host:port`, `rediss://` for TLS).
+    /// A Redis server (`redis://host:port`, `rediss://` for TLS), or a Redis Cluster: exactly
+    /// one of `endpoint` and `cluster_endpoints` is set (see [`Backend::check`]).
     Redis {
         /// The server URL.
-        endpoint: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        /// Some nodes of a Redis Cluster (`redis://host:port` each; any primaries or replicas:
+        /// the client learns the rest of the cluster from them, follows `MOVED` and `ASK`
+        /// redirects, and re-reads the slot map after a failover).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        cluster_endpoints: Vec<String>,
         /// The database number.
         #[serde(default)]
         db: i64,
@@ -159,6 +172,44 @@ pub enum Backend {
     },
 }
 
+impl Backend {
+    /// Checks what serde cannot say about one store's own keys: a Redis store has exactly one
+    /// of `endpoint` and `cluster_endpoints`, and a cluster only database 0. `Err` names the
+    /// keys.
+    pub fn check(&self) -> Result<(), String> {
+        if let Backend::Redis {
+            endpoint,
+            cluster_endpoints,
+            db,
+            ..
+        } = self
+        {
+            match (endpoint, cluster_endpoints.is_empty()) {
+                (Some(_), false) => {
+                    return Err(
+                        "`endpoint` and `cluster_endpoints` are mutually exclusive: a Redis store is one server or one cluster".into(),
+                    )
+                }
+                (None, true) => {
+                    return Err(
+                        "a redis store needs `endpoint` (one server) or `cluster_endpoints` (a Redis Cluster)".into(),
+                    )
+                }
+                (None, false) if *db != 0 => {
+                    return Err(format!(
+                        "`db = {db}` with `cluster_endpoints`: a Redis Cluster has only database 0"
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(empty) = cluster_endpoints.iter().position(|e| e.trim().is_empty()) {
+                return Err(format!("`cluster_endpoints`[{empty}] is empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl RemoteConfig {
     /// The name used in statistics and hashing: the configured one, else type and address.
     pub fn display_name(&self) -> String {
@@ -172,7 +223,15 @@ impl RemoteConfig {
                 Some(endpoint) => format!("s3:{endpoint}/{bucket}"),
                 None => format!("s3:{bucket}"),
             },
-            Backend::Redis { endpoint, db, .. } => format!("redis:{endpoint}/{db}"),
+            Backend::Redis {
+                endpoint,
+                cluster_endpoints,
+                db,
+                ..
+            } => match endpoint {
+                Some(endpoint) => format!("redis:{endpoint}/{db}"),
+                None => format!("redis-cluster:{}/{db}", cluster_endpoints.join(",")),
+            },
             Backend::Memcached { endpoint } => format!("memcached:{endpoint}"),
             Backend::Webdav { endpoint, .. } => format!("webdav:{endpoint}"),
             Backend::Gcs { bucket, .. } => format!("gcs:{bucket}"),
@@ -222,6 +281,20 @@ impl RemoteConfig {
                 return Err(format!(
                     "remote store {name:?} is listed twice (give one a `name`)"
                 ));
+            }
+            remote
+                .backend
+                .check()
+                .map_err(|message| format!("remote store {name:?}: {message}"))?;
+            if let Backend::Cluster { endpoints, .. } = &remote.backend {
+                for member in endpoints {
+                    member.backend.check().map_err(|message| {
+                        format!(
+                            "cluster {name:?}: member {:?}: {message}",
+                            member.display_name()
+                        )
+                    })?;
+                }
             }
             if remote.options.read_timeout_ms == 0 || remote.options.write_timeout_ms == 0 {
                 return Err(format!("remote store {name:?}: timeouts must be above 0"));
@@ -293,10 +366,23 @@ impl<'de> Deserialize<'de> for RemoteConfig {
                 "a [[remote]] table needs `type` (s3, redis, memcached, webdav, gcs, azblob or cluster)",
             ));
         }
+        // serde's message for an internally tagged enum does not name the key; a single string
+        // here is a likely mistake (OpenDAL itself takes one comma-separated string).
+        if let Some(value) = table.get("cluster_endpoints") {
+            let listed = value
+                .as_array()
+                .is_some_and(|items| items.iter().all(toml::Value::is_str));
+            if !listed {
+                return Err(serde::de::Error::custom(
+                    "`cluster_endpoints` must be a list of URLs, e.g. [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]",
+                ));
+            }
+        }
         let options = RemoteOptions::deserialize(toml::Value::Table(common))
             .map_err(serde::de::Error::custom)?;
         let backend =
             Backend::deserialize(toml::Value::Table(table)).map_err(serde::de::Error::custom)?;
+        backend.check().map_err(serde::de::Error::custom)?;
         Ok(RemoteConfig { options, backend })
     }
 }
@@ -358,6 +444,35 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_cluster_is_named_by_its_endpoints() {
+        let remotes = parse(
+            r#"
+            [[remote]]
+            type = "redis"
+            cluster_endpoints = ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+            password = "hunter2"
+            "#,
+        )
+        .expect("valid table");
+        assert!(matches!(
+            &remotes[0].backend,
+            Backend::Redis { endpoint: None, cluster_endpoints, db: 0, .. } if cluster_endpoints.len() == 2
+        ));
+        assert_eq!(
+            remotes[0].display_name(),
+            "redis-cluster:redis://127.0.0.1:7000,redis://127.0.0.1:7001/0"
+        );
+        assert_eq!(RemoteConfig::validate_all(&remotes), Ok(()));
+        // A table built in code is checked too.
+        let mut both = remotes[0].clone();
+        if let Backend::Redis { endpoint, .. } = &mut both.backend {
+            *endpoint = Some("redis://127.0.0.1:6379".into());
+        }
+        let error = RemoteConfig::validate_all(&[both]).expect_err("both keys");
+        assert!(error.contains("mutually exclusive"), "{error}");
+    }
+
+    #[test]
     fn the_readme_example_parses() {
         let readme = include_str!("../../../../README.md");
         let block = readme
@@ -371,6 +486,18 @@ mod tests {
         assert!(matches!(
             &config.remote[2].backend,
             Backend::Cluster { replicas: 2, endpoints } if endpoints.len() == 3
+        ));
+        let cluster = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .find(|block| block.contains("cluster_endpoints"))
+            .expect("README has a Redis Cluster example");
+        let config = crate::config::parse_file(std::path::Path::new("README.md"), cluster)
+            .expect("the README's Redis Cluster example is valid");
+        assert!(matches!(
+            &config.remote[0].backend,
+            Backend::Redis { endpoint: None, cluster_endpoints, .. } if cluster_endpoints.len() == 3
         ));
     }
 
@@ -407,6 +534,23 @@ mod tests {
             (
                 "[[remote]]\ntype = \"redis\"\nendpoint = \"x\"\nbucket = \"b\"\n",
                 "bucket",
+            ),
+            ("[[remote]]\ntype = \"redis\"\n", "`cluster_endpoints`"),
+            (
+                "[[remote]]\ntype = \"redis\"\nendpoint = \"x\"\ncluster_endpoints = [\"y\"]\n",
+                "mutually exclusive",
+            ),
+            (
+                "[[remote]]\ntype = \"redis\"\ncluster_endpoints = [\"y\"]\ndb = 2\n",
+                "`db = 2`",
+            ),
+            (
+                "[[remote]]\ntype = \"redis\"\ncluster_endpoints = [\"y\", \"\"]\n",
+                "`cluster_endpoints`[1]",
+            ),
+            (
+                "[[remote]]\ntype = \"redis\"\ncluster_endpoints = \"y\"\n",
+                "`cluster_endpoints` must be a list",
             ),
         ] {
             let error = parse(text).expect_err(text);

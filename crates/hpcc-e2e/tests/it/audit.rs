@@ -300,7 +300,8 @@ fn the_worker_binary_verifies_its_log() -> TestResult {
         format!(
             "id = {id:?}\nlisten = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
              scheduler = \"http://127.0.0.1:1\"\nworker_secret_file = \"/nonexistent\"\n\
-             routing_public_key = \"unused\"\nstate_dir = {dir:?}\nagent = {agent:?}\n",
+             routing_public_key = \"unused\"\nstate_dir = {dir:?}\nagent = {agent:?}\n\
+             runtime = \"sandbox\"\n",
             id = handle.id,
             dir = handle.dir,
             agent = hpcc_runtime::testing::agent_binary()?,

@@ -63,10 +63,19 @@ impl Client {
                  image = \"{image}\", timeout_secs = 120, paranoid = {paranoid}}}"
             ),
         };
-        // Started first: a wrapper that autostarts the daemon compiles its own file itself.
+        // Started first, so that tests begin with a daemon up (a wrapper waits for the one it
+        // autostarts: `the_first_compile_waits_for_the_daemon_it_starts`).
         let started = client.command("hpcc").arg("start").output().map_err(text)?;
         ok(&started, "hpcc start")?;
         Ok(client)
+    }
+
+    /// Stops this client's daemon.
+    fn stop(&self) -> TestResult {
+        ok(
+            &self.command("hpcc").arg("stop").output().map_err(text)?,
+            "hpcc stop",
+        )
     }
 
     /// A client of `land`'s farm with tenant A's token.
@@ -91,6 +100,20 @@ impl Client {
             .env("HPCC_REMOTE_COMPILE", &self.remote_compile)
             .env("HPCC_DAEMON_IDLE_TIMEOUT", "120");
         command
+    }
+
+    /// The tail of the daemon's log (its warnings say why a compile fell back), for failure
+    /// messages.
+    fn daemon_log(&self) -> String {
+        let dir = self.home.path().join("run/hpcc");
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|ext| ext == "log") {
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     /// `hpcc gcc <args>` in `dir`.
@@ -437,11 +460,15 @@ pub(crate) struct WorkerProcess {
 impl WorkerProcess {
     pub(crate) fn start(land: &Farmland, id: &str) -> Result<WorkerProcess, String> {
         let (layout, _) = crate::image::layout()?;
-        let images = format!("images = [{:?}]\n", layout.display().to_string());
+        let images = format!(
+            "images = [{:?}]\nruntime = \"sandbox\"\n",
+            layout.display().to_string()
+        );
         WorkerProcess::start_with(land, id, &images)
     }
 
-    /// Starts a worker whose config ends with `images` (its `images` or `pull` lines).
+    /// Starts a worker whose config ends with `images` (its `images` or `pull` lines, and
+    /// its `runtime`, which a worker config must name).
     pub(crate) fn start_with(
         land: &Farmland,
         id: &str,
@@ -453,6 +480,15 @@ impl WorkerProcess {
             .map_err(text)?;
         let secret = dir.path().join("secret");
         std::fs::write(&secret, crate::scheduler::SECRET).map_err(text)?;
+        // The image store the in-process workers share (the layout imported and flattened
+        // once per machine), not a store of the worker's own: an image flattened afresh for
+        // every worker process costs half a gigabyte of writes and seconds each time.
+        std::fs::create_dir_all(dir.path().join("state")).map_err(text)?;
+        std::os::unix::fs::symlink(
+            crate::farm::shared_image_store()?,
+            dir.path().join("state/images"),
+        )
+        .map_err(text)?;
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(text)?;
             probe.local_addr().map_err(text)?.port()
@@ -505,25 +541,77 @@ impl WorkerProcess {
 
     /// Kills the worker (SIGKILL: no destructor runs) and waits up to 10 s for every process
     /// it started to die with it: sandbox sessions, VMMs. They are the processes whose command
-    /// line names the worker's directory (a sandbox's host-side process keeps the worker's
-    /// command line; a VMM's names its session directory under the worker's state).
+    /// line names the worker's directory (the worker, a sandbox's host-side process, which
+    /// keeps the worker's command line, an unjailed VMM, which names its session directory),
+    /// and jailed VMMs, whose root is a jail under the worker's state (`farm::pids_under`).
     fn kill_and_check_nothing_is_left(&mut self) -> TestResult {
+        let dir = self._dir.path().to_owned();
+        let running = crate::farm::pids_under(&dir);
+        if !running.contains(&self.child.id()) {
+            return Err(format!(
+                "the worker process itself is not among {running:?} found under {}",
+                dir.display()
+            ));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let needle = self._dir.path().display().to_string();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let left = crate::farm::processes_with(&needle);
-            if left == 0 {
+            let left = crate::farm::pids_under(&dir);
+            if left.is_empty() {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
                 return Err(format!(
-                    "{left} processes of the killed worker ({needle}) still run"
+                    "processes {left:?} of the killed worker ({}) still run",
+                    dir.display()
                 ));
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// A sandbox worker says at start that it is not a kernel boundary, and its audit rows
+    /// say the sandbox ran their jobs.
+    fn check_sandbox_is_announced(&self) -> TestResult {
+        let log = std::fs::read_to_string(self._dir.path().join("worker.log")).map_err(text)?;
+        if !log.contains("runtime sandbox: not a kernel boundary") {
+            return Err(format!("the worker did not announce its sandbox:\n{log}"));
+        }
+        // Its status says so too, while it serves.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            let shown = Command::new(client_binaries()?.join("hpcc-worker"))
+                .arg("status")
+                .arg("--config")
+                .arg(self._dir.path().join("worker.toml"))
+                .output()
+                .map_err(text)?;
+            let stdout = String::from_utf8_lossy(&shown.stdout).into_owned();
+            if shown.status.success() || std::time::Instant::now() > deadline {
+                break stdout;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        if !status.contains("runtime = sandbox")
+            || !status.contains("boundary = NOT a kernel boundary")
+            || !status.contains("state = serving")
+        {
+            return Err(format!(
+                "hpcc-worker status does not name the sandbox:\n{status}"
+            ));
+        }
+        let rows = std::fs::read_to_string(&self.audit).map_err(text)?;
+        for line in rows.lines() {
+            let row = hpcc_worker::audit::AuditRow::parse(line).map_err(text)?;
+            if !row.vm.starts_with("sandbox-") && row.vm != "cache" {
+                return Err(format!("a row does not name its boundary: {line}"));
+            }
+        }
+        if rows.is_empty() {
+            return Err("no audit row after the probe".into());
+        }
+        Ok(())
     }
 
     fn audit_rows(&self) -> usize {
@@ -544,6 +632,7 @@ fn worker_killed_mid_build() -> TestResult {
     const COUNT: usize = 24;
     let land = Farmland::with_workers(0)?;
     let mut worker = WorkerProcess::start(&land, "wk")?;
+    worker.check_sandbox_is_announced()?;
     let client = Client::on(&land, false)?;
     let dir = tempfile::tempdir().map_err(text)?;
     let root = project(dir.path(), COUNT)?;
@@ -629,22 +718,89 @@ fn worker_killed_mid_build() -> TestResult {
         }
         Ok(())
     };
+    // A compile that falls back (the new worker slow to answer on a loaded machine) is local
+    // and not comparable; such builds are redone until one ran entirely on the farm.
+    let remote_build = |client: &Client, root: &Path| -> Result<(), String> {
+        let fallbacks = || -> Result<u64, String> {
+            Ok(client.stats()?["remote_compile"]["fallbacks"]
+                .as_u64()
+                .unwrap_or(0))
+        };
+        for _ in 0..3 {
+            let before = fallbacks()?;
+            build(client, root, COUNT)?;
+            if fallbacks()? == before {
+                return Ok(());
+            }
+            clean(root)?;
+        }
+        Err(format!(
+            "three rebuilds in a row fell back to local compiles: {}\ndaemon log:\n{}",
+            client.stats()?,
+            client.daemon_log()
+        ))
+    };
     clean(&root)?;
-    build(&client, &root, COUNT)?;
+    remote_build(&client, &root)?;
     link_and_run(&root, COUNT)?;
     let fresh = Client::on(&land, false)?;
     let other = tempfile::tempdir().map_err(text)?;
     let fresh_root = project(other.path(), COUNT)?;
-    build(&fresh, &fresh_root, COUNT)?;
+    remote_build(&fresh, &fresh_root)?;
     for name in &names {
         let object = format!("{name}.o");
         if std::fs::read(root.join(&object)).map_err(text)?
             != std::fs::read(fresh_root.join(&object)).map_err(text)?
         {
             return Err(format!(
-                "{object} from the cache differs from a fresh remote compile"
+                "{object} from the cache differs from a fresh remote compile; stats: {}; fresh: {}",
+                client.stats()?,
+                fresh.stats()?
             ));
         }
+    }
+    Ok(())
+}
+
+/// On a fresh machine the first compile of a build autostarts the daemon; with a farm
+/// configured it waits for it and goes to the farm, instead of compiling here uncounted.
+fn the_first_compile_waits_for_the_daemon_it_starts() -> TestResult {
+    const COUNT: usize = 2;
+    let land = Farmland::new()?;
+    let client = Client::on(&land, false)?;
+    client.stop()?;
+    let dir = tempfile::tempdir().map_err(text)?;
+    let root = project(dir.path(), COUNT)?;
+    build(&client, &root, COUNT)?;
+    let stats = client.stats()?;
+    let compiled = stats["remote_compile"]["compiled"].as_u64().unwrap_or(0);
+    let fallbacks = stats["remote_compile"]["fallbacks"].as_u64().unwrap_or(0);
+    if compiled != COUNT as u64 + 1 || fallbacks != 0 {
+        return Err(format!(
+            "{compiled} remote compiles and {fallbacks} fallbacks of {}: {stats}\ndaemon log:\n{}",
+            COUNT + 1,
+            client.daemon_log()
+        ));
+    }
+    // No daemon can come (autostart off): the compile runs here and is counted a fallback.
+    client.stop()?;
+    std::fs::remove_file(root.join("f0.o")).map_err(text)?;
+    std::fs::write(root.join("src/f0.c"), "int changed(void) { return 1; }\n").map_err(text)?;
+    let output = client
+        .command("hpcc")
+        .env("HPCC_DAEMON_AUTOSTART", "false")
+        .current_dir(&root)
+        .args(["gcc", "-c", "src/f0.c", "-o", "f0.o"])
+        .output()
+        .map_err(text)?;
+    ok(&output, "hpcc gcc without a daemon")?;
+    let fallbacks = client.stats()?["remote_compile"]["fallbacks"]
+        .as_u64()
+        .unwrap_or(0);
+    if fallbacks != 1 {
+        return Err(format!(
+            "a compile without the daemon should count one fallback, not {fallbacks}"
+        ));
     }
     Ok(())
 }
@@ -817,7 +973,11 @@ fn worker_pulls_its_image_from_a_registry() -> TestResult {
             "pushed {reference}, the layout's image is {digest}"
         ));
     }
-    let _worker = WorkerProcess::start_with(&land, "puller", &format!("pull = [{reference:?}]\n"))?;
+    let _worker = WorkerProcess::start_with(
+        &land,
+        "puller",
+        &format!("pull = [{reference:?}]\nruntime = \"sandbox\"\n"),
+    )?;
     let client = Client::on(&land, false)?;
     let dir = tempfile::tempdir().map_err(text)?;
     let root = project(dir.path(), COUNT)?;
@@ -831,11 +991,9 @@ fn worker_pulls_its_image_from_a_registry() -> TestResult {
     Ok(())
 }
 
-/// A worker whose sessions are QEMU microVMs (software emulation here) serves a real build:
-/// the objects link and run, and every audit row names a guest in its `vm` column.
-fn qemu_worker_compiles_a_build() -> TestResult {
-    const COUNT: usize = 3;
-    let land = Farmland::with_workers(0)?;
+/// The `[vm]` settings of a QEMU worker (software emulation here), with its images; its jails'
+/// parent cgroup is named for `test`.
+fn qemu_settings(test: &str) -> Result<String, String> {
     let (layout, _) = crate::image::layout()?;
     let (qemu, vhost_vsock) = hpcc_runtime::testing::vm_tools()?;
     let kernel = hpcc_runtime::testing::guest_kernel()?;
@@ -844,16 +1002,145 @@ fn qemu_worker_compiles_a_build() -> TestResult {
         .iter()
         .map(|module| module.display().to_string())
         .collect();
-    let settings = format!(
+    // Jailed (the default), under a parent cgroup and uid range of these tests' own
+    // ([`QEMU_CGROUP_PARENT`]).
+    Ok(format!(
         "images = [{:?}]\nruntime = \"qemu\"\n[vm]\nkernel = {:?}\nmodules = {modules:?}\n\
          accel = \"tcg\"\nmemory_mib = 512\nboot_timeout_secs = 120\nqemu = {:?}\n\
-         vhost_vsock = {:?}\n",
+         vhost_vsock = {:?}\n[vm.jail]\ncgroup_parent = {:?}\n\
+         uid_base = 320000\nuid_count = 100\n",
         layout.display().to_string(),
         kernel.kernel.display().to_string(),
         qemu.display().to_string(),
         vhost_vsock.display().to_string(),
-    );
-    let worker = WorkerProcess::start_with(&land, "guest", &settings)?;
+        qemu_cgroup_parent(test),
+    ))
+}
+
+/// The parent cgroup of a qemu worker test's jails (one per test, since tests run at once): a
+/// worker killed outright leaves its sessions' cgroups (the next worker on its state directory
+/// would sweep them), which [`remove_qemu_cgroups`] removes.
+fn qemu_cgroup_parent(test: &str) -> String {
+    format!("hpcc-e2e-{test}-{}", std::process::id())
+}
+
+/// Removes the (empty) cgroups a qemu worker test's jails left, and their parent.
+fn remove_qemu_cgroups(test: &str) {
+    for controller in ["memory", "cpu", "pids", ""] {
+        let parent = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(qemu_cgroup_parent(test));
+        for session in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            if session.file_type().is_ok_and(|kind| kind.is_dir()) {
+                let _ = std::fs::remove_dir(session.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&parent);
+    }
+}
+
+/// The pool of a QEMU worker, seen from outside: one tenant's jobs reuse its guest (the same
+/// session in their audit rows and results), another tenant's run in another guest, and once
+/// idle for the idle TTL both guests are stopped: no QEMU or vsock backend of the worker is
+/// left, and no session directory.
+fn qemu_worker_pools_guests_per_tenant() -> TestResult {
+    let land = Farmland::with_workers(0)?;
+    // Top-level keys go before the `[vm]` table.
+    let settings = format!("session_idle_secs = 6\n{}", qemu_settings("pool")?);
+    let mut worker = WorkerProcess::start_with(&land, "pooled", &settings)?;
+    let compile = |tenant: &str, token: String, code: &str| -> Result<String, String> {
+        let farm = land.farm(tenant)?;
+        let outcome = land
+            .runtime
+            .block_on(farm.compile(crate::farm::request(code.as_bytes().to_vec(), &[]), &token))
+            .map_err(text)?;
+        crate::farm::succeeded(&outcome, tenant)?;
+        if outcome.cache_hit {
+            return Err(format!("{tenant}: a cache hit, not a guest job"));
+        }
+        Ok(outcome.session)
+    };
+    let first = compile("a", land.token_a(), "int pool_first(void) { return 1; }\n")?;
+    let second = compile("a", land.token_a(), "int pool_second(void) { return 2; }\n")?;
+    let other = compile("b", land.token_b(), "int pool_other(void) { return 3; }\n")?;
+    if !first.starts_with("qemu-") || first != second {
+        return Err(format!("tenant a's jobs ran in {first} and {second}"));
+    }
+    if !other.starts_with("qemu-") || other == first {
+        return Err(format!("tenant b's job ran in {other}, a's in {first}"));
+    }
+    let log = std::fs::read_to_string(&worker.audit).map_err(text)?;
+    let rows: Vec<hpcc_worker::audit::AuditRow> = log
+        .lines()
+        .map(hpcc_worker::audit::AuditRow::parse)
+        .collect::<Result<_, _>>()
+        .map_err(text)?;
+    let sessions_of = |tenant: &str| -> Vec<&str> {
+        rows.iter()
+            .filter(|row| row.tenant == tenant)
+            .map(|row| row.vm.as_str())
+            .collect()
+    };
+    // The probe that waited for the worker was tenant a's too.
+    let a_sessions = sessions_of("a");
+    if a_sessions.len() < 3 || a_sessions.iter().any(|vm| *vm != first) {
+        return Err(format!("tenant a's rows: {a_sessions:?}\n{log}"));
+    }
+    if sessions_of("b") != [other.as_str()] {
+        return Err(format!("tenant b's rows: {:?}\n{log}", sessions_of("b")));
+    }
+    // Both guests run now; idle for 6 s, they are stopped (the worker reaps every heartbeat).
+    let state = worker._dir.path().join("state");
+    // Jailed guests name only paths inside their jails: found by their root (and unjailed
+    // ones by their command line), `farm::pids_under`.
+    let guests = || crate::farm::pids_under(&state).len();
+    if guests() == 0 {
+        return Err("no guest process of the worker runs".into());
+    }
+    // Stopping a guest ends its processes first, then removes its session and jail
+    // directories: everything must be gone within the minute.
+    let names = |dir: std::path::PathBuf| -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.file_name())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let processes = guests();
+        let sessions = names(state.join("vm/sessions"));
+        let jails = names(state.join("vm/jails"));
+        if processes == 0 && sessions.is_empty() && jails.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "a minute after the jobs: {processes} guest processes, session directories \
+                 {sessions:?}, jail directories {jails:?} left"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    // A job after the TTL boots a new guest.
+    let later = compile("a", land.token_a(), "int pool_later(void) { return 4; }\n")?;
+    if later == first || !later.starts_with("qemu-") {
+        return Err(format!("after the idle TTL tenant a's job ran in {later}"));
+    }
+    let killed = worker.kill_and_check_nothing_is_left();
+    remove_qemu_cgroups("pool");
+    killed
+}
+
+/// A worker whose sessions are QEMU microVMs (software emulation here) serves a real build:
+/// the objects link and run, and every audit row names a guest in its `vm` column.
+fn qemu_worker_compiles_a_build() -> TestResult {
+    const COUNT: usize = 3;
+    let land = Farmland::with_workers(0)?;
+    let worker = WorkerProcess::start_with(&land, "guest", &qemu_settings("build")?)?;
     let client = Client::on(&land, false)?;
     let dir = tempfile::tempdir().map_err(text)?;
     let root = project(dir.path(), COUNT)?;
@@ -870,25 +1157,54 @@ fn qemu_worker_compiles_a_build() -> TestResult {
         .map(hpcc_worker::audit::AuditRow::parse)
         .collect::<Result<_, _>>()
         .map_err(text)?;
-    if rows.len() < COUNT + 1 || !rows.iter().all(|row| row.vm.starts_with("vm-")) {
+    if rows.len() < COUNT + 1 || !rows.iter().all(|row| row.vm.starts_with("qemu-")) {
         return Err(format!("audit rows do not name guests: {log}"));
     }
-    // Its guests (QEMU, vhost-device-vsock) die with a worker killed outright.
+    // Its guests run in jails (the default for runtime = "qemu"): found from outside by their
+    // root under the worker's state, as an unprivileged uid.
+    let jailed = crate::farm::jailed_under(worker._dir.path());
+    if jailed.is_empty() {
+        return Err(format!(
+            "no jailed QEMU of the worker's warm session was found among {:?}; worker log:\n{}",
+            crate::farm::pids_under(worker._dir.path()),
+            std::fs::read_to_string(worker._dir.path().join("worker.log")).unwrap_or_default()
+        ));
+    }
+    for pid in &jailed {
+        match crate::farm::uid_of(*pid) {
+            Some(uid) if uid != 0 => {}
+            other => return Err(format!("jailed VMM {pid} runs as uid {other:?}")),
+        }
+    }
+    // Its guests die with a worker killed outright; their cgroups stay (the next worker on the
+    // same state directory would sweep them) and are removed here, empty.
     let mut worker = worker;
-    worker.kill_and_check_nothing_is_left()
+    let killed = worker.kill_and_check_nothing_is_left();
+    remove_qemu_cgroups("build");
+    killed
 }
 
 pub fn cases() -> Vec<Case> {
     vec![
         (
             "client::qemu_worker_compiles_a_build",
-            &[Need::Sandbox, Need::Vm],
+            &[Need::Sandbox, Need::Vm, Need::Jail],
             qemu_worker_compiles_a_build,
+        ),
+        (
+            "client::qemu_worker_pools_guests_per_tenant",
+            &[Need::Sandbox, Need::Vm, Need::Jail],
+            qemu_worker_pools_guests_per_tenant,
         ),
         (
             "client::wrapper_compiles_misses_on_the_farm",
             &[Need::Sandbox],
             wrapper_compiles_misses_on_the_farm,
+        ),
+        (
+            "client::the_first_compile_waits_for_the_daemon_it_starts",
+            &[Need::Sandbox],
+            the_first_compile_waits_for_the_daemon_it_starts,
         ),
         (
             "client::dead_farm_falls_back_to_local",

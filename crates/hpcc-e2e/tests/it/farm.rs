@@ -19,10 +19,10 @@ use hpcc_proto::worker::{CompileHeader, CompileRequest, SourceChunk, SourceDone,
 use hpcc_runtime::sandbox::{SandboxConfig, SandboxRuntime};
 use hpcc_runtime::Limits;
 use hpcc_scheduler::Scheduler;
-use hpcc_store::{DiskConfig, DiskStore};
 use hpcc_worker::audit::{AuditLog, AuditRow};
+use hpcc_worker::cache::WorkerCache;
 use hpcc_worker::service::WorkerService;
-use hpcc_worker::sessions::SessionPool;
+use hpcc_worker::sessions::{PoolConfig, SessionPool};
 use hpcc_worker::sources::SourceStore;
 use hpcc_worker::{StoreRootfs, Worker, WorkerSettings};
 
@@ -41,7 +41,42 @@ pub(crate) struct WorkerHandle {
     /// `sources/`, `cache/`, `s/` (sessions) and `images` (a link to the shared image store).
     pub(crate) dir: PathBuf,
     audit: PathBuf,
+    /// The worker itself, for its cache's counters.
+    pub(crate) worker: Arc<Worker>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// What a [`Farmland`] is made of, beyond its defaults.
+#[derive(Clone)]
+pub(crate) struct FarmSpec {
+    /// In-process workers (at most two).
+    pub(crate) workers: usize,
+    /// Compiles each runs at once.
+    pub(crate) capacity: u32,
+    /// Bytes of sources each worker keeps.
+    pub(crate) retention: u64,
+    /// Each worker's `[cache]`.
+    pub(crate) cache: hpcc_core::config::WorkerCacheConfig,
+    /// Tenants a and b are paranoid.
+    pub(crate) paranoid: [bool; 2],
+    /// Tenants a's and b's quotas.
+    pub(crate) quotas: [hpcc_core::config::TenantQuota; 2],
+    /// The scheduler's sharing groups.
+    pub(crate) sharing_groups: Vec<hpcc_core::config::SharingGroup>,
+}
+
+impl Default for FarmSpec {
+    fn default() -> FarmSpec {
+        FarmSpec {
+            workers: 2,
+            capacity: CAPACITY,
+            retention: hpcc_core::config::DEFAULT_AUDIT_SOURCE_RETENTION,
+            cache: hpcc_core::config::WorkerCacheConfig::default(),
+            paranoid: [false; 2],
+            quotas: Default::default(),
+            sharing_groups: Vec::new(),
+        }
+    }
 }
 
 /// Scheduler, two workers, tenants A and B with their IdPs.
@@ -67,23 +102,30 @@ pub(crate) fn text(error: impl std::fmt::Display) -> String {
 
 impl Farmland {
     pub(crate) fn new() -> Result<Farmland, String> {
-        Farmland::build(2, hpcc_core::config::DEFAULT_AUDIT_SOURCE_RETENTION)
+        Farmland::build(FarmSpec::default())
     }
 
     /// A scheduler with `count` in-process workers (`w1`, `w2`; at most two).
     pub(crate) fn with_workers(count: usize) -> Result<Farmland, String> {
-        Farmland::build(count, hpcc_core::config::DEFAULT_AUDIT_SOURCE_RETENTION)
+        Farmland::build(FarmSpec {
+            workers: count,
+            ..FarmSpec::default()
+        })
     }
 
     /// A farm whose workers keep `retention` bytes of sources each.
     pub(crate) fn with_source_retention(retention: u64) -> Result<Farmland, String> {
-        Farmland::build(2, retention)
+        Farmland::build(FarmSpec {
+            retention,
+            ..FarmSpec::default()
+        })
     }
 
-    fn build(count: usize, retention: u64) -> Result<Farmland, String> {
+    pub(crate) fn build(spec: FarmSpec) -> Result<Farmland, String> {
+        let (count, retention, capacity) = (spec.workers, spec.retention, spec.capacity);
         let runtime = tokio::runtime::Runtime::new().map_err(text)?;
         let (layout, expected_digest) = crate::image::layout()?;
-        let store_dir = layout.with_file_name("e2e-image-store");
+        let store_dir = shared_image_store()?;
         let store = ImageStore::open(&store_dir, hpcc_image::Limits::default()).map_err(text)?;
         let image = store.import_layout(&layout).map_err(text)?.to_string();
         if image != expected_digest {
@@ -97,8 +139,17 @@ impl Farmland {
         tenant_a.allowed_images = vec![image.clone()];
         let mut tenant_b = tenant("b", &idp_b);
         tenant_b.allowed_images = vec![image.clone()];
+        for (tenant, (paranoid, quota)) in [&mut tenant_a, &mut tenant_b]
+            .into_iter()
+            .zip(spec.paranoid.into_iter().zip(spec.quotas.clone()))
+        {
+            tenant.paranoid = paranoid;
+            tenant.quota = quota;
+        }
+        let mut scheduler_config = config(vec![tenant_a, tenant_b]);
+        scheduler_config.sharing_groups = spec.sharing_groups.clone();
         let scheduler = Arc::new(Scheduler::new(
-            &config(vec![tenant_a, tenant_b]),
+            &scheduler_config,
             RoutingKey::from_pem(&key.to_pem()).map_err(text)?,
             SECRET.as_bytes().to_vec(),
         ));
@@ -116,8 +167,8 @@ impl Farmland {
             sandbox.state_dir = dir.path().join("s");
             let pool = SessionPool::new(
                 Arc::new(SandboxRuntime::new(sandbox).map_err(text)?),
-                Duration::from_secs(300),
-                Duration::from_secs(3_600),
+                PoolConfig::default(),
+                None,
             );
             let audit_path = dir.path().join("audit.tsv");
             std::os::unix::fs::symlink(&store_dir, dir.path().join("images")).map_err(text)?;
@@ -126,14 +177,20 @@ impl Farmland {
             let worker = Arc::new(Worker::new(
                 WorkerSettings {
                     id: id.into(),
-                    capacity: CAPACITY,
+                    capacity,
                     limits: Limits::default(),
                     source_date_epoch: 0,
+                    health: hpcc_runtime::health::HealthPolicy::default(),
                 },
                 RoutingVerifier::from_public_base64(&key.public_base64()).map_err(text)?,
                 pool,
                 images.clone(),
-                DiskStore::open(&dir.path().join("cache"), DiskConfig::default()).map_err(text)?,
+                runtime
+                    .block_on(async {
+                        WorkerCache::create_buckets(&spec.cache.remote).await;
+                        WorkerCache::open(&dir.path().join("cache"), &spec.cache)
+                    })
+                    .map_err(text)?,
                 AuditLog::open(&audit_path).map_err(text)?,
                 sources,
             ));
@@ -163,7 +220,7 @@ impl Farmland {
                     RegisterRequest {
                         worker_id: id.into(),
                         address: address.clone(),
-                        capacity: CAPACITY,
+                        capacity,
                         warm_images: vec![image.clone()],
                         ..RegisterRequest::default()
                     },
@@ -184,15 +241,24 @@ impl Farmland {
                     loop {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         let load = if full.load(std::sync::atomic::Ordering::Relaxed) {
-                            CAPACITY * hpcc_scheduler::registry::OVERCOMMIT
+                            capacity * hpcc_scheduler::registry::OVERCOMMIT
                         } else {
                             worker.load() + worker.queued()
                         };
                         let beat = HeartbeatRequest {
                             worker_id: worker.id().to_owned(),
                             load,
-                            capacity: CAPACITY,
+                            capacity,
                             warm_images: vec![image.clone()],
+                            tenants: worker
+                                .tenant_load()
+                                .into_iter()
+                                .map(|(tenant_id, jobs)| hpcc_proto::scheduler::TenantLoad {
+                                    tenant_id,
+                                    jobs,
+                                })
+                                .collect(),
+                            ..HeartbeatRequest::default()
                         };
                         if scheduler.heartbeat(beat, Some(SECRET), now()).is_err() {
                             return;
@@ -206,6 +272,7 @@ impl Farmland {
                 address,
                 dir: dir.path().to_owned(),
                 audit: audit_path,
+                worker: Arc::clone(&worker),
                 _shutdown: shutdown,
             });
             dirs.push(dir);
@@ -226,6 +293,11 @@ impl Farmland {
     }
 
     pub(crate) fn farm(&self, tenant: &str) -> Result<Farm, String> {
+        self.farm_with(tenant, false)
+    }
+
+    /// A farm client of `tenant`, in paranoid mode or not.
+    pub(crate) fn farm_with(&self, tenant: &str, paranoid: bool) -> Result<Farm, String> {
         // The client connects lazily, which needs the runtime's reactor.
         let _entered = self.runtime.enter();
         Farm::new(FarmConfig {
@@ -236,6 +308,7 @@ impl Farmland {
             image: self.image.clone(),
             timeout: Duration::from_secs(120),
             route_patience: Duration::from_secs(60),
+            paranoid,
         })
         .map_err(text)
     }
@@ -244,8 +317,21 @@ impl Farmland {
         user_token(&self.idp_a, &self.idp_a.issuer(), now() + 600)
     }
 
+    pub(crate) fn token_b(&self) -> String {
+        user_token(&self.idp_b, &self.idp_b.issuer(), now() + 600)
+    }
+
     /// Makes worker `id` report a full queue from now on (after its next heartbeat).
     pub(crate) fn fill(&self, id: &str) -> TestResult {
+        self.set_full(id, true)
+    }
+
+    /// Undoes [`Farmland::fill`].
+    pub(crate) fn unfill(&self, id: &str) -> TestResult {
+        self.set_full(id, false)
+    }
+
+    fn set_full(&self, id: &str, full: bool) -> TestResult {
         let worker = self
             .workers
             .iter()
@@ -253,7 +339,7 @@ impl Farmland {
             .ok_or("unknown worker")?;
         worker
             .full
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+            .store(full, std::sync::atomic::Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(500));
         Ok(())
     }
@@ -264,6 +350,12 @@ impl Farmland {
             .map(|line| AuditRow::parse(line).map_err(|e| e.to_string()))
             .collect()
     }
+}
+
+/// The image store the tests' workers share, beside the test image's layout.
+pub(crate) fn shared_image_store() -> Result<PathBuf, String> {
+    let (layout, _) = crate::image::layout()?;
+    Ok(layout.with_file_name("e2e-image-store"))
 }
 
 /// A small project: `count` C files sharing a header, under a `project` directory.
@@ -561,6 +653,7 @@ fn claims(worker: &str, tenant: &str, image: &str, iat: u64, exp: u64) -> Routin
         sub: "alice".into(),
         iat,
         exp,
+        policy: hpcc_auth::TenantPolicy::default(),
     }
 }
 
@@ -701,6 +794,93 @@ fn clients_cannot_plant_worker_cache_entries() -> TestResult {
     Ok(())
 }
 
+/// The processes of a worker or runtime whose files are under `dir`: those whose command line
+/// names `dir` (a worker's `--config`, a sandbox's host-side process, which keeps its worker's
+/// command line, an unjailed VMM naming its session directory, a jailed VMM's waiting parent
+/// outside its PID namespace, which keeps its worker's command line), and jailed VMMs
+/// ([`jailed_under`]).
+pub(crate) fn pids_under(dir: &std::path::Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let needle = dir.to_string_lossy();
+    let mut pids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            // A zombie has an empty command line; it is gone for all that matters here.
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            cmdline
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
+                .then_some(pid)
+        })
+        .collect();
+    for pid in jailed_under(dir) {
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The jailed VMMs of sessions whose state is under `dir`: a jailed VMM's command line names
+/// only paths inside its jail, and `/proc/<pid>/root` reads as `/` (its root is a mount of
+/// another namespace), but that root is the directory `<state>/jails/<session>/root`, so the
+/// process is found by the device and inode of its root.
+pub(crate) fn jailed_under(dir: &std::path::Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    // Jail roots: `<anything>/jails/<session>/root`, a few levels under `dir`.
+    let mut roots = std::collections::BTreeSet::new();
+    let mut pending = vec![(dir.to_owned(), 0)];
+    while let Some((current, depth)) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_name() == "jails" {
+                for jail in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                    if let Ok(root) = std::fs::metadata(jail.path().join("root")) {
+                        roots.insert((root.dev(), root.ino()));
+                    }
+                }
+            } else if depth < 4 {
+                pending.push((path, depth + 1));
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let root = std::fs::metadata(entry.path().join("root")).ok()?;
+            roots.contains(&(root.dev(), root.ino())).then_some(pid)
+        })
+        .collect()
+}
+
+/// The uid a process runs as (`None` if it is gone).
+pub(crate) fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Processes whose command line contains `needle` (the compiler of a job carries its source
 /// digest in `-frandom-seed`).
 pub(crate) fn processes_with(needle: &str) -> usize {
@@ -750,6 +930,7 @@ fn a_client_that_goes_away_kills_its_compile() -> TestResult {
             image: land.image.clone(),
             timeout: Duration::from_secs(600),
             route_patience: Duration::from_secs(5),
+            paranoid: false,
         })
         .map_err(text)?
     };

@@ -52,7 +52,7 @@ pub fn cargo_available() -> Result<(), String> {
     }
 }
 
-/// The directory holding `hpcc`, `hpccd` and `hpcc-worker`, built on first use into the target directory of
+/// The directory holding `hpcc`, `hpccd`, `hpcc-worker`, `hpcc-scheduler` and `hpcc-agent`, built on first use into the target directory of
 /// this test executable (`<target>/<profile>/deps/it-*`), so they are never missing or older
 /// than the sources.
 pub(crate) fn binaries() -> Result<&'static Path, String> {
@@ -92,6 +92,8 @@ fn build_binaries() -> Result<PathBuf, String> {
             "hpcc-worker",
             "-p",
             "hpcc-scheduler",
+            "-p",
+            "hpcc-agent",
             "--bins",
         ])
         .env("CARGO_TARGET_DIR", target_dir);
@@ -254,6 +256,8 @@ impl Land {
             let mut request = tonic::Request::new(RouteRequest {
                 tenant_id: TENANT.into(),
                 image_digest: IMAGE.into(),
+                paranoid: false,
+                ..RouteRequest::default()
             });
             request.metadata_mut().insert(
                 "authorization",

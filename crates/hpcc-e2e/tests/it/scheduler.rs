@@ -3,7 +3,6 @@
 //! worker registration and placement, key rotation.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hpcc_auth::user::testing::IdpKey;
 use hpcc_auth::{RoutingKey, RoutingScope, RoutingVerifier};
@@ -22,11 +21,7 @@ pub const IMAGE: &str = "sha256:111111111111111111111111111111111111111111111111
 const OTHER_IMAGE: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 pub const SECRET: &str = "worker-secret";
 
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
-}
+pub use hpcc_testkit::idp::now;
 
 pub fn tenant(id: &str, idp: &Idp) -> TenantConfig {
     TenantConfig {
@@ -37,6 +32,8 @@ pub fn tenant(id: &str, idp: &Idp) -> TenantConfig {
         audience: "hpcc".into(),
         client_id: "hpcc-cli".into(),
         allowed_images: vec![IMAGE.into()],
+        paranoid: false,
+        quota: Default::default(),
     }
 }
 
@@ -51,6 +48,7 @@ pub fn config(tenants: Vec<TenantConfig>) -> SchedulerConfig {
         heartbeat_interval_ms: 1000,
         worker_expiry_secs: 10,
         tenants,
+        sharing_groups: Vec::new(),
     }
 }
 
@@ -60,15 +58,28 @@ pub fn serve(
     runtime: &tokio::runtime::Runtime,
     scheduler: Arc<Scheduler>,
 ) -> Result<(String, tokio::sync::oneshot::Sender<()>), String> {
+    let (address, shutdown) = serve_routes(
+        runtime,
+        tonic::service::Routes::new(SchedulerService::server(scheduler)),
+    )?;
+    Ok((format!("http://{address}"), shutdown))
+}
+
+/// Serves `routes` (any gRPC service) on a loopback port from `runtime`: its address, and the
+/// sender whose drop stops the server.
+pub fn serve_routes(
+    runtime: &tokio::runtime::Runtime,
+    routes: tonic::service::Routes,
+) -> Result<(std::net::SocketAddr, tokio::sync::oneshot::Sender<()>), String> {
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-    let url = runtime.block_on(async {
+    let address = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| e.to_string())?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(SchedulerService::server(scheduler))
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),
                     async {
@@ -76,9 +87,9 @@ pub fn serve(
                     },
                 ),
         );
-        Ok::<_, String>(format!("http://{address}"))
+        Ok::<_, String>(address)
     })?;
-    Ok((url, shutdown))
+    Ok((address, shutdown))
 }
 
 /// Two tenants with their own IdPs, a scheduler serving them on loopback, one client.
@@ -148,6 +159,8 @@ impl World {
         let mut request = tonic::Request::new(RouteRequest {
             tenant_id: tenant.into(),
             image_digest: image.into(),
+            paranoid: false,
+            ..RouteRequest::default()
         });
         if let Some(token) = token {
             request.metadata_mut().insert(
@@ -399,7 +412,7 @@ fn rotated_idp_keys_are_fetched_again() -> TestResult {
         .map_err(|e| e.to_string())?;
     let first = user_token(&idp, &idp.issuer(), 5_000);
     runtime
-        .block_on(scheduler.route("a", IMAGE, Some(&first), 1_000))
+        .block_on(scheduler.route("a", IMAGE, false, Some(&first), 1_000))
         .map_err(|e| e.to_string())?;
     let rotated = IdpKey::generate("k-new").map_err(|e| e.to_string())?;
     idp.publish(&rotated);
@@ -407,7 +420,7 @@ fn rotated_idp_keys_are_fetched_again() -> TestResult {
         .mint(&serde_json::json!({"sub": "bob", "iss": idp.issuer(), "aud": "hpcc", "exp": 5_000}))
         .map_err(|e| e.to_string())?;
     if runtime
-        .block_on(scheduler.route("a", IMAGE, Some(&second), 1_005))
+        .block_on(scheduler.route("a", IMAGE, false, Some(&second), 1_005))
         .is_ok()
     {
         return Err("an unknown key within 30 s of a fetch must not refetch".into());
@@ -424,7 +437,7 @@ fn rotated_idp_keys_are_fetched_again() -> TestResult {
         )
         .map_err(|e| e.to_string())?;
     runtime
-        .block_on(scheduler.route("a", IMAGE, Some(&second), 1_040))
+        .block_on(scheduler.route("a", IMAGE, false, Some(&second), 1_040))
         .map_err(|e| format!("after rotation: {e}"))?;
     Ok(())
 }

@@ -83,6 +83,7 @@ fn farm(
         image: image.into(),
         timeout: Duration::from_secs(60),
         route_patience: Duration::from_secs(5),
+        paranoid: false,
     })
     .map_err(text)
 }
@@ -139,7 +140,8 @@ fn farm_over_tls() -> TestResult {
             "id = \"tls-worker\"\nlisten = \"127.0.0.1:{}\"\ntls_ca = {ca:?}\n\
              tls_server_name = \"localhost\"\nscheduler = \"https://127.0.0.1:{scheduler_port}\"\n\
              scheduler_ca = {ca:?}\nworker_secret_file = {secret:?}\n\
-             routing_public_key = \"{public}\"\nstate_dir = {:?}\nagent = {:?}\nimages = [{:?}]\n\n\
+             routing_public_key = \"{public}\"\nstate_dir = {:?}\nagent = {:?}\nimages = [{:?}]\n\
+             runtime = \"sandbox\"\n\n\
              [tls]\ncert = {cert:?}\nkey = {key:?}\n",
             free_port()?,
             dir.path().join("state"),

@@ -336,6 +336,64 @@ fn concurrent_requests_build_one_tree() {
     assert_tmp_empty(&store);
 }
 
+/// `count` threads asking for `digest`'s tree at the same moment.
+fn race_for(
+    store: &ImageStore,
+    digest: &ImageDigest,
+    count: usize,
+) -> Vec<Result<PathBuf, StoreError>> {
+    let barrier = Arc::new(std::sync::Barrier::new(count));
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            let (store, digest, barrier) = (store.clone(), digest.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                store.rootfs(&digest)
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .collect()
+}
+
+#[test]
+fn concurrent_requests_flatten_once_and_share_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = store(&dir, Limits::default());
+    // Slow enough that all requests arrive while the first one flattens.
+    store.flatten_delay = Duration::from_millis(300);
+    let layout = dir.path().join("layout");
+    write_layout(&layout, &two_layers());
+    let digest = store.import_layout(&layout).unwrap();
+    let layer = store.layers(&digest).unwrap()[0].digest.clone();
+    let good = fs::read(store.blob_path(&layer)).unwrap();
+    fs::write(store.blob_path(&layer), tar_of(&[("etc/evil", b"x")])).unwrap();
+    let failed = race_for(&store, &digest, 6);
+    assert_eq!(store.flatten_count(), 1, "one attempt for six requests");
+    let shared = failed
+        .iter()
+        .filter(|result| matches!(result, Err(StoreError::Concurrent { message, .. }) if message.contains(layer.hex())))
+        .count();
+    let own = failed
+        .iter()
+        .filter(|result| matches!(result, Err(StoreError::BlobMismatch { .. })))
+        .count();
+    assert_eq!((own, shared), (1, 5), "{failed:?}");
+    // Repaired, a later request tries again, once for all.
+    fs::write(store.blob_path(&layer), good).unwrap();
+    let paths = race_for(&store, &digest, 6);
+    assert_eq!(store.flatten_count(), 2);
+    let paths: Vec<PathBuf> = paths.into_iter().map(Result::unwrap).collect();
+    assert!(paths.windows(2).all(|pair| pair[0] == pair[1]), "{paths:?}");
+    assert_eq!(listing(&paths[0]), EXPECTED);
+    assert_tmp_empty(&store);
+    // Cached: no more flattening.
+    store.rootfs(&digest).unwrap();
+    assert_eq!(store.flatten_count(), 2);
+}
+
 #[test]
 fn eviction_removes_least_recently_used_trees_first() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,12 +8,12 @@
 //!   tree listings.
 //! - `registry`: a throwaway `docker-registry` on 127.0.0.1, stopped on drop.
 //! - `pull`: pulling by digest, and agreement of pulled and imported trees; refusals.
+// Tests spawn their own tasks directly: the spawn rule is for the services.
+#![allow(clippy::disallowed_methods)]
 
 mod fixture;
 mod pull;
 mod registry;
-
-use libtest_mimic::{Arguments, Trial};
 
 /// A test's outcome: `Err` carries the failure message.
 pub type TestResult = Result<(), String>;
@@ -37,19 +37,5 @@ fn missing(needs: &[Need]) -> Option<String> {
 pub type Case = (&'static str, &'static [Need], fn() -> TestResult);
 
 fn main() {
-    let args = Arguments::from_args();
-    let trials = pull::cases()
-        .into_iter()
-        .map(|(name, needs, body)| {
-            let trial = Trial::test(name, move || body().map_err(Into::into));
-            match missing(needs) {
-                Some(reason) => {
-                    println!("skipped: {name}: {reason}");
-                    trial.with_ignored_flag(true)
-                }
-                None => trial,
-            }
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    hpcc_testkit::harness::run(pull::cases(), missing, |_| None)
 }

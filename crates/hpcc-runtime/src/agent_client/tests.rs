@@ -300,9 +300,19 @@ fn timeouts_kill_the_process_group() {
     });
 }
 
-/// Whether a process is gone (or a zombie waiting to be reaped).
+/// How long a test waits for background work (a kill, a file) before it fails: generous, so
+/// that a loaded 2-core machine is slow but never wrong; a pass returns as soon as it sees the
+/// result.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Whether a process is gone (or a zombie waiting to be reaped) within [`PATIENCE`].
 fn gone(pid: &str) -> bool {
-    for _ in 0..100 {
+    assert!(
+        !pid.is_empty() && pid.bytes().all(|byte| byte.is_ascii_digit()),
+        "not a pid: {pid:?}"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    loop {
         match std::fs::read_to_string(Path::new("/proc").join(pid).join("stat")) {
             Err(_) => return true,
             Ok(stat)
@@ -313,10 +323,28 @@ fn gone(pid: &str) -> bool {
             {
                 return true
             }
+            Ok(_) if Instant::now() >= deadline => return false,
             Ok(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    false
+}
+
+/// The pid a job's script wrote to `pid_file` (`echo $$ > file`), once the line is whole,
+/// waiting up to [`PATIENCE`].
+async fn written_pid(pid_file: &Path) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(pid_file).unwrap_or_default();
+        if text.ends_with('\n') {
+            return text.trim().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job wrote no pid to {} within {PATIENCE:?}",
+            pid_file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[test]
@@ -333,20 +361,14 @@ fn closing_the_connection_kills_the_job() {
                 async move { hpcc_agent::serve::serve_connection(&config, agent_side).await },
             );
         let client = tokio::spawn(run_job("test", Box::new(host), job, Vec::new()));
-        for _ in 0..200 {
-            if pid_file.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let pid = std::fs::read_to_string(&pid_file).expect("job started");
+        let pid = written_pid(&pid_file).await;
         client.abort();
         let served = server.await.expect("no panic");
         assert!(
             matches!(served, Err(hpcc_agent::serve::ServeError::Cancelled(_))),
             "{served:?}"
         );
-        assert!(gone(pid.trim()), "the job was killed");
+        assert!(gone(&pid), "the job was killed within {PATIENCE:?}");
         assert_eq!(agent.jobs_left(), 0);
     });
 }
@@ -501,10 +523,7 @@ fn a_silent_or_closing_agent_is_an_error() {
             .await
             .expect_err("oversized frame");
         assert!(error.to_string().contains("s2"), "{error}");
-        assert!(
-            format!("{error:?}").contains("exceeds the limit"),
-            "{error:?}"
-        );
+        assert!(format!("{error:?}").contains("byte limit"), "{error:?}");
         liar.abort();
     });
 }

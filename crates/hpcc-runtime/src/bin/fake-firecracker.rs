@@ -4,9 +4,13 @@
 //! `fake-firecracker --api-sock PATH --id ID` serves Firecracker's API on the Unix socket
 //! `PATH` over HTTP/1.1 and checks requests against Firecracker's API specification: the
 //! resources the runtime uses (`/machine-config`, `/boot-source`, `/drives/{id}`, `/vsock`,
-//! `/actions`, `GET /`) with their required fields, types and bounds, and no unknown fields
+//! `/actions`, `PATCH /vm`, `PUT /snapshot/create`, `PUT /snapshot/load`, `GET /`,
+//! `GET /version`) with their required fields, types and bounds, and no unknown fields
 //! (Firecracker rejects those too). Anything else is `400` with `{"fault_message": ...}`, as is
-//! configuration after the start and a second `InstanceStart`.
+//! configuration after the start, a second `InstanceStart`, and a request in the wrong VM
+//! state. It also takes the arguments the jailer adds (`--start-time-us`,
+//! `--start-time-cpu-us`, `--parent-cpu-time-us`), and `--version` prints
+//! `Firecracker v<version>-fake`.
 //!
 //! On `InstanceStart` it boots the configured guest with QEMU's `microvm` machine, through the
 //! same command line as the `qemu` runtime (`hpcc_runtime::vm::qemu::microvm_command`), and
@@ -15,6 +19,32 @@
 //! with Firecracker. Deviations from Firecracker: `InstanceStart` also needs a vsock device
 //! and exactly one drive (a guest without them is of no use to the runtime), and only
 //! virtio-block drives with `path_on_host` are accepted.
+//!
+//! **VM state and snapshots.** `PATCH /vm` is accepted once the guest runs: `Paused` stops
+//! QEMU and the vsock backend (`SIGSTOP`), `Resumed` lets them go on (`SIGCONT`).
+//! `PUT /snapshot/create` is accepted only while paused (and `Diff` only with
+//! `track_dirty_pages`); `PUT /snapshot/load` only in a fresh process, before any resource is
+//! configured, with exactly one of `mem_file_path` and `mem_backend` (`File` only: no
+//! userfaultfd here), no network override (no snapshot has an interface), and an optional
+//! `vsock_override`; after a load, configuration is refused as after a start, and the guest
+//! runs or stays paused as `resume_vm` says. **Limitation:** the double does not save or
+//! restore guest state. Its state file records the configuration the guest was booted with
+//! (format `fake-firecracker-snapshot-1`), and its memory file is a sparse file of the guest's
+//! memory size that holds no guest memory; a load checks both (the memory file's size against
+//! the recorded guest) and every file the recorded guest uses, and then *boots* that
+//! configuration afresh. QEMU could migrate a guest to a file, but not one with a
+//! `vhost-user-vsock` device: QEMU 7.2 refuses `migrate` with "State blocked by
+//! non-migratable device '…/vhost-user-vsock'" (and `vhost-device-vsock` lacks the
+//! `LOG_SHMFD` protocol feature migration needs). So the runtime's side of a snapshot (the
+//! requests, their order and states, the files, a fresh process, dialling the agent again) is
+//! tested against this double; that a restored guest resumes where it was is not.
+//!
+//! **Under `fake-jailer`** (`FAKE_JAILER_ROOT` set, to the current directory), every absolute
+//! path it is given, `--api-sock` and the API's paths alike, is taken as the jail's: resolved
+//! beneath the current directory, never with `..`, and handed to QEMU and
+//! `vhost-device-vsock` as a relative path, which these (dynamically linked, outside the jail)
+//! programs then open from the jail's directory. See `fake-jailer.rs` for what that double
+//! does and does not do.
 //!
 //! Environment: `FAKE_FIRECRACKER_QEMU` and `FAKE_FIRECRACKER_VHOST` name `qemu-system-x86_64`
 //! and `vhost-device-vsock` (default: found on `PATH`); guests run under TCG, since the point
@@ -36,19 +66,19 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use hpcc_runtime::vm::qemu::{microvm_command, Accel, MicrovmGuest, Serial};
+use hpcc_runtime::vm::qemu::{microvm_command, Accel, AgentDevice, MicrovmGuest, Serial};
 
 /// Firecracker's own cap on an API request body.
 const MAX_BODY_BYTES: usize = 51_200;
 
 /// The spec's `MachineConfiguration` (the fields a guest launch uses, plus the optional ones
 /// that are accepted and ignored).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MachineConfiguration {
     vcpu_count: u32,
@@ -80,7 +110,7 @@ struct MachineConfiguration {
 }
 
 /// The spec's `BootSource`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BootSource {
     kernel_image_path: PathBuf,
@@ -91,7 +121,7 @@ struct BootSource {
 }
 
 /// The spec's `Drive` (virtio-block only).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Drive {
     drive_id: String,
@@ -129,7 +159,7 @@ struct Drive {
 }
 
 /// The spec's `Vsock`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Vsock {
     guest_cid: u32,
@@ -156,6 +186,165 @@ enum ActionType {
     SendCtrlAltDel,
 }
 
+/// The spec's `Vm` (`PATCH /vm`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Vm {
+    state: VmStateRequest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum VmStateRequest {
+    Paused,
+    Resumed,
+}
+
+/// The spec's `SnapshotCreateParams`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotCreateParams {
+    mem_file_path: PathBuf,
+    snapshot_path: PathBuf,
+    #[serde(default)]
+    snapshot_type: Option<SnapshotType>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum SnapshotType {
+    Full,
+    Diff,
+}
+
+/// The spec's `SnapshotLoadParams`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotLoadParams {
+    snapshot_path: PathBuf,
+    #[serde(default)]
+    mem_file_path: Option<PathBuf>,
+    #[serde(default)]
+    mem_backend: Option<MemoryBackend>,
+    #[serde(default)]
+    resume_vm: Option<bool>,
+    #[serde(default)]
+    enable_diff_snapshots: Option<bool>,
+    #[serde(default)]
+    track_dirty_pages: Option<bool>,
+    #[serde(default)]
+    network_overrides: Option<Vec<NetworkOverride>>,
+    #[serde(default)]
+    vsock_override: Option<VsockOverride>,
+    #[serde(default)]
+    clock_realtime: Option<bool>,
+    #[serde(default)]
+    huge_pages: Option<HugePages>,
+}
+
+/// The spec's `MemoryBackend`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryBackend {
+    backend_type: BackendType,
+    backend_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum BackendType {
+    File,
+    Uffd,
+}
+
+/// The spec's `NetworkOverride`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkOverride {
+    iface_id: String,
+    #[allow(
+        dead_code,
+        reason = "accepted as the spec allows; a snapshot of this double has no interface"
+    )]
+    host_dev_name: String,
+}
+
+/// The spec's `VsockOverride`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VsockOverride {
+    uds_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum HugePages {
+    Snapshot,
+    None,
+    Transparent,
+    #[serde(rename = "2M")]
+    TwoM,
+}
+
+/// What this double writes as a snapshot's state file: the configuration the guest was
+/// booted with (not its memory or device state; see the module docs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotState {
+    format: String,
+    machine: MachineConfiguration,
+    boot_source: BootSource,
+    drives: BTreeMap<String, Drive>,
+    vsock: Vsock,
+}
+
+/// The `format` of [`SnapshotState`].
+const SNAPSHOT_FORMAT: &str = "fake-firecracker-snapshot-1";
+
+/// The microVM's state, as `GET /` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VmState {
+    NotStarted,
+    Running,
+    Paused,
+}
+
+/// Where the paths the process is given lead: as they are, or (under `fake-jailer`) beneath
+/// the current directory, the jail's root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Root {
+    Host,
+    Jail,
+}
+
+impl Root {
+    /// `path` as this process opens it: under a jail, an absolute path without `..`, turned
+    /// relative to the current directory (the jail's root).
+    fn resolve(self, path: &Path) -> Result<PathBuf, String> {
+        match self {
+            Root::Host => Ok(path.to_owned()),
+            Root::Jail => {
+                let mut components = path.components();
+                if components.next() != Some(std::path::Component::RootDir) {
+                    return Err(format!(
+                        "{} is not an absolute path inside the jail",
+                        path.display()
+                    ));
+                }
+                let mut relative = PathBuf::new();
+                for component in components {
+                    match component {
+                        std::path::Component::Normal(part) => relative.push(part),
+                        _ => {
+                            return Err(format!("{} leaves the jail", path.display()));
+                        }
+                    }
+                }
+                if relative.as_os_str().is_empty() {
+                    return Err("the jail's root is not a file".into());
+                }
+                Ok(relative)
+            }
+        }
+    }
+}
+
 /// What the API has been told so far.
 #[derive(Debug, Clone)]
 struct Instance {
@@ -164,13 +353,16 @@ struct Instance {
     boot_source: Option<BootSource>,
     drives: BTreeMap<String, Drive>,
     vsock: Option<Vsock>,
-    started: bool,
+    state: VmState,
+    /// Whether any resource was configured (a snapshot loads only into a fresh process).
+    configured: bool,
+    root: Root,
     /// `(path, message)`: `PUT path` is refused with `message`.
     reject: Option<(String, String)>,
 }
 
 impl Instance {
-    fn new(id: String, reject: Option<(String, String)>) -> Instance {
+    fn new(id: String, root: Root, reject: Option<(String, String)>) -> Instance {
         Instance {
             id,
             // Firecracker's defaults.
@@ -185,8 +377,24 @@ impl Instance {
             boot_source: None,
             drives: BTreeMap::new(),
             vsock: None,
-            started: false,
+            state: VmState::NotStarted,
+            configured: false,
+            root,
             reject,
+        }
+    }
+
+    fn started(&self) -> bool {
+        self.state != VmState::NotStarted
+    }
+
+    /// An existing file at `path` (as the API names it), or the error `what` names.
+    fn file(&self, path: &Path, what: &str) -> Result<PathBuf, String> {
+        let resolved = self.root.resolve(path)?;
+        if resolved.is_file() {
+            Ok(resolved)
+        } else {
+            Err(format!("{what} cannot be opened: {}", path.display()))
         }
     }
 }
@@ -198,8 +406,12 @@ enum Reply {
     Json(serde_json::Value),
     /// `204`: accepted.
     NoContent,
-    /// `204`, and the guest is to be launched now.
-    Launch,
+    /// `204`, and the guest is to be launched now (and paused at once, when `paused`).
+    Launch { paused: bool },
+    /// `204`, and the guest's processes are to be stopped (`SIGSTOP`).
+    Pause,
+    /// `204`, and the guest's processes are to go on (`SIGCONT`).
+    Resume,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
@@ -208,8 +420,14 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     })
 }
 
+/// The version this double reports (`--version`, `GET /version`, `GET /`).
+fn version() -> String {
+    concat!("v", env!("CARGO_PKG_VERSION"), "-fake").to_owned()
+}
+
 /// Validates one request against the spec and the instance's state and applies it: the
-/// whole API, without sockets or processes, so the unit tests drive it directly.
+/// whole API, without sockets or processes, so the unit tests drive it directly. (Snapshot
+/// files are written and read here.)
 fn handle(
     instance: &mut Instance,
     method: &Method,
@@ -222,24 +440,31 @@ fn handle(
                 return Err(message.clone());
             }
         }
-        let configures = path != "/actions";
-        if configures && instance.started {
+        let configures = !matches!(path, "/actions" | "/snapshot/create" | "/snapshot/load");
+        if configures && instance.started() {
             return Err(
                 "The requested operation is not supported after starting the microVM.".into(),
             );
         }
     }
-    match (method.clone(), path) {
-        (Method::GET, "/") => Ok(Reply::Json(serde_json::json!({
+    let reply = match (method.clone(), path) {
+        (Method::GET, "/") => Reply::Json(serde_json::json!({
             "app_name": "Firecracker",
             "id": instance.id,
-            "state": if instance.started { "Running" } else { "Not started" },
-            "vmm_version": concat!("fake-", env!("CARGO_PKG_VERSION")),
-        }))),
-        (Method::GET, "/machine-config") => Ok(Reply::Json(serde_json::json!({
+            "state": match instance.state {
+                VmState::NotStarted => "Not started",
+                VmState::Running => "Running",
+                VmState::Paused => "Paused",
+            },
+            "vmm_version": version(),
+        })),
+        (Method::GET, "/version") => {
+            Reply::Json(serde_json::json!({ "firecracker_version": version() }))
+        }
+        (Method::GET, "/machine-config") => Reply::Json(serde_json::json!({
             "vcpu_count": instance.machine.vcpu_count,
             "mem_size_mib": instance.machine.mem_size_mib,
-        }))),
+        })),
         (Method::PUT, "/machine-config") => {
             let machine: MachineConfiguration = parse(body)?;
             if !(1..=32).contains(&machine.vcpu_count)
@@ -254,28 +479,16 @@ fn handle(
                 return Err("The memory size (MiB) is invalid.".into());
             }
             instance.machine = machine;
-            Ok(Reply::NoContent)
+            Reply::NoContent
         }
         (Method::PUT, "/boot-source") => {
             let boot: BootSource = parse(body)?;
-            if !boot.kernel_image_path.is_file() {
-                return Err(format!(
-                    "The kernel file cannot be opened: {}",
-                    boot.kernel_image_path.display()
-                ));
-            }
-            if let Some(initrd) = boot
-                .initrd_path
-                .as_deref()
-                .filter(|initrd| !initrd.is_file())
-            {
-                return Err(format!(
-                    "The initrd file cannot be opened: {}",
-                    initrd.display()
-                ));
+            instance.file(&boot.kernel_image_path, "The kernel file")?;
+            if let Some(initrd) = &boot.initrd_path {
+                instance.file(initrd, "The initrd file")?;
             }
             instance.boot_source = Some(boot);
-            Ok(Reply::NoContent)
+            Reply::NoContent
         }
         (Method::PUT, drive_path) if drive_path.starts_with("/drives/") => {
             let drive_id = &drive_path["/drives/".len()..];
@@ -295,14 +508,9 @@ fn handle(
             if drive.is_read_only.is_none() {
                 return Err("is_read_only is required for a virtio-block drive".into());
             }
-            if !path_on_host.is_file() {
-                return Err(format!(
-                    "Unable to open the block device backing file: {}",
-                    path_on_host.display()
-                ));
-            }
+            instance.file(path_on_host, "The block device backing file")?;
             instance.drives.insert(drive.drive_id.clone(), drive);
-            Ok(Reply::NoContent)
+            Reply::NoContent
         }
         (Method::PUT, "/vsock") => {
             let vsock: Vsock = parse(body)?;
@@ -312,14 +520,15 @@ fn handle(
                     vsock.guest_cid
                 ));
             }
+            instance.root.resolve(&vsock.uds_path)?;
             instance.vsock = Some(vsock);
-            Ok(Reply::NoContent)
+            Reply::NoContent
         }
         (Method::PUT, "/actions") => {
             let action: InstanceActionInfo = parse(body)?;
             match action.action_type {
                 ActionType::InstanceStart => {
-                    if instance.started {
+                    if instance.started() {
                         return Err("The microVM is already running.".into());
                     }
                     if instance.boot_source.is_none() {
@@ -334,19 +543,194 @@ fn handle(
                     if instance.vsock.is_none() {
                         return Err("this double starts only guests with a vsock device".into());
                     }
-                    instance.started = true;
-                    Ok(Reply::Launch)
+                    instance.state = VmState::Running;
+                    return Ok(Reply::Launch { paused: false });
                 }
-                ActionType::FlushMetrics | ActionType::SendCtrlAltDel => Err(format!(
-                    "{:?} is not supported by this double",
-                    action.action_type
-                )),
+                ActionType::FlushMetrics | ActionType::SendCtrlAltDel => {
+                    return Err(format!(
+                        "{:?} is not supported by this double",
+                        action.action_type
+                    ))
+                }
             }
         }
-        (method, path) => Err(format!(
-            "Invalid request method and/or path: {method} {path}."
-        )),
+        (Method::PATCH, "/vm") => {
+            let vm: Vm = parse(body)?;
+            if !instance.started() {
+                return Err(
+                    "The microVM has not been started, so it cannot be paused or resumed.".into(),
+                );
+            }
+            match vm.state {
+                VmStateRequest::Paused => {
+                    instance.state = VmState::Paused;
+                    Reply::Pause
+                }
+                VmStateRequest::Resumed => {
+                    instance.state = VmState::Running;
+                    Reply::Resume
+                }
+            }
+        }
+        (Method::PUT, "/snapshot/create") => {
+            let params: SnapshotCreateParams = parse(body)?;
+            create_snapshot(instance, &params)?;
+            Reply::NoContent
+        }
+        (Method::PUT, "/snapshot/load") => {
+            let params: SnapshotLoadParams = parse(body)?;
+            let paused = !load_snapshot(instance, &params)?;
+            return Ok(Reply::Launch { paused });
+        }
+        (method, path) => {
+            return Err(format!(
+                "Invalid request method and/or path: {method} {path}."
+            ))
+        }
+    };
+    if *method == Method::PUT && path != "/snapshot/create" {
+        instance.configured = true;
     }
+    Ok(reply)
+}
+
+/// `PUT /snapshot/create`: allowed only while the guest is paused. Writes the state file
+/// ([`SnapshotState`]) and a memory file of the guest's memory size (sparse: see the module
+/// docs).
+fn create_snapshot(instance: &Instance, params: &SnapshotCreateParams) -> Result<(), String> {
+    match instance.state {
+        VmState::Paused => {}
+        VmState::NotStarted => {
+            return Err("Cannot create a snapshot of a microVM that has not been started.".into())
+        }
+        VmState::Running => {
+            return Err(
+                "Cannot create a snapshot of a running microVM: pause it first (PATCH /vm).".into(),
+            )
+        }
+    }
+    if params.snapshot_type == Some(SnapshotType::Diff)
+        && instance.machine.track_dirty_pages != Some(true)
+    {
+        return Err(
+            "Diff snapshots need dirty page tracking (track_dirty_pages in /machine-config)."
+                .into(),
+        );
+    }
+    let (Some(boot_source), Some(vsock)) = (&instance.boot_source, &instance.vsock) else {
+        return Err("the microVM has no boot source or vsock to record".into());
+    };
+    let state = SnapshotState {
+        format: SNAPSHOT_FORMAT.into(),
+        machine: instance.machine.clone(),
+        boot_source: boot_source.clone(),
+        drives: instance.drives.clone(),
+        vsock: vsock.clone(),
+    };
+    let state_path = instance.root.resolve(&params.snapshot_path)?;
+    let memory_path = instance.root.resolve(&params.mem_file_path)?;
+    let text = serde_json::to_vec(&state).map_err(|error| error.to_string())?;
+    std::fs::write(&state_path, text).map_err(|error| {
+        format!(
+            "Cannot write the snapshot file {}: {error}",
+            params.snapshot_path.display()
+        )
+    })?;
+    std::fs::File::create(&memory_path)
+        .and_then(|file| file.set_len(u64::from(instance.machine.mem_size_mib) << 20))
+        .map_err(|error| {
+            format!(
+                "Cannot write the memory file {}: {error}",
+                params.mem_file_path.display()
+            )
+        })
+}
+
+/// `PUT /snapshot/load`: allowed only in a fresh process. Takes the recorded configuration
+/// (with the vsock override), checking the memory file and every file the guest uses;
+/// returns whether the guest resumes.
+fn load_snapshot(instance: &mut Instance, params: &SnapshotLoadParams) -> Result<bool, String> {
+    if instance.started() || instance.configured {
+        return Err("Loading a snapshot is only allowed before any resource is configured.".into());
+    }
+    let memory = match (&params.mem_file_path, &params.mem_backend) {
+        (Some(path), None) => path.clone(),
+        (None, Some(backend)) if backend.backend_type == BackendType::File => {
+            backend.backend_path.clone()
+        }
+        (None, Some(_)) => {
+            return Err("Uffd memory backends are not supported by this double".into())
+        }
+        _ => {
+            return Err("Exactly one of mem_file_path and mem_backend must be given.".into());
+        }
+    };
+    if let Some(overrides) = params.network_overrides.as_ref().filter(|o| !o.is_empty()) {
+        return Err(format!(
+            "Network override for {} names an interface the snapshot does not have.",
+            overrides[0].iface_id
+        ));
+    }
+    let _ = (
+        params.enable_diff_snapshots,
+        params.track_dirty_pages,
+        params.clock_realtime,
+        params.huge_pages,
+    );
+    let state_path = instance.file(&params.snapshot_path, "The snapshot file")?;
+    let text = std::fs::read(&state_path).map_err(|error| {
+        format!(
+            "Cannot read the snapshot file {}: {error}",
+            params.snapshot_path.display()
+        )
+    })?;
+    let mut state: SnapshotState = serde_json::from_slice(&text)
+        .ok()
+        .filter(|state: &SnapshotState| state.format == SNAPSHOT_FORMAT)
+        .ok_or_else(|| {
+            format!(
+                "The snapshot file {} is not a snapshot of this VMM.",
+                params.snapshot_path.display()
+            )
+        })?;
+    let memory_path = instance.file(&memory, "The memory file")?;
+    let size = std::fs::metadata(&memory_path)
+        .map_err(|error| error.to_string())?
+        .len();
+    let expected = u64::from(state.machine.mem_size_mib) << 20;
+    if size != expected {
+        return Err(format!(
+            "The memory file {} holds {size} bytes, the snapshot's guest {expected}.",
+            memory.display()
+        ));
+    }
+    if let Some(vsock) = &params.vsock_override {
+        instance.root.resolve(&vsock.uds_path)?;
+        state.vsock.uds_path = vsock.uds_path.clone();
+    }
+    instance.file(
+        &state.boot_source.kernel_image_path,
+        "The snapshot's kernel file",
+    )?;
+    if let Some(initrd) = &state.boot_source.initrd_path {
+        instance.file(initrd, "The snapshot's initrd file")?;
+    }
+    for drive in state.drives.values() {
+        if let Some(path) = &drive.path_on_host {
+            instance.file(path, "The snapshot's block device backing file")?;
+        }
+    }
+    instance.machine = state.machine;
+    instance.boot_source = Some(state.boot_source);
+    instance.drives = state.drives;
+    instance.vsock = Some(state.vsock);
+    let resume = params.resume_vm.unwrap_or(false);
+    instance.state = if resume {
+        VmState::Running
+    } else {
+        VmState::Paused
+    };
+    Ok(resume)
 }
 
 /// Where the helper programs are.
@@ -368,7 +752,11 @@ async fn launch(instance: &Instance, tools: &Tools, api_socket: &Path) -> anyhow
     let boot = instance.boot_source.as_ref().context("no boot source")?;
     let vsock = instance.vsock.as_ref().context("no vsock")?;
     let drive = instance.drives.values().next().context("no drive")?;
-    let disk = drive.path_on_host.as_deref().context("no path_on_host")?;
+    let resolve = |path: &Path| instance.root.resolve(path).map_err(anyhow::Error::msg);
+    let disk = resolve(drive.path_on_host.as_deref().context("no path_on_host")?)?;
+    let kernel = resolve(&boot.kernel_image_path)?;
+    let initrd = boot.initrd_path.as_deref().map(resolve).transpose()?;
+    let uds_path = resolve(&vsock.uds_path)?;
     let vhost_socket = api_socket.with_file_name("fake-firecracker-vhost.sock");
     let _ = std::fs::remove_file(&vhost_socket);
     let mut guest = Guest::default();
@@ -379,7 +767,7 @@ async fn launch(instance: &Instance, tools: &Tools, api_socket: &Path) -> anyhow
         .arg("--socket")
         .arg(&vhost_socket)
         .arg("--uds-path")
-        .arg(&vsock.uds_path)
+        .arg(&uds_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true);
@@ -415,12 +803,12 @@ async fn launch(instance: &Instance, tools: &Tools, api_socket: &Path) -> anyhow
     }
     let mut qemu = microvm_command(&MicrovmGuest {
         qemu: &tools.qemu,
-        kernel: &boot.kernel_image_path,
-        initrd: boot.initrd_path.as_deref().unwrap_or(&no_initrd),
+        kernel: &kernel,
+        initrd: initrd.as_deref().unwrap_or(&no_initrd),
         boot_args: &boot_args,
-        root_disk: disk,
+        root_disk: &disk,
         root_read_only: drive.is_read_only.unwrap_or(false),
-        vhost_socket: &vhost_socket,
+        agent: AgentDevice::VhostVsock(&vhost_socket),
         serial: Serial::Stdout,
         vcpus: instance.machine.vcpu_count,
         memory_mib: instance.machine.mem_size_mib,
@@ -454,6 +842,21 @@ struct Server {
     tools: Tools,
     api_socket: PathBuf,
     launched: mpsc::UnboundedSender<Guest>,
+    /// The launched guest's processes, for pausing and resuming it.
+    guest_pids: Mutex<Vec<u32>>,
+}
+
+/// Sends `signal` to every process of the launched guest.
+fn signal_guest(server: &Server, signal: rustix::process::Signal) {
+    let pids = server.guest_pids.lock().unwrap_or_else(|p| p.into_inner());
+    for pid in pids.iter() {
+        if let Some(pid) = i32::try_from(*pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
 }
 
 async fn serve(
@@ -483,13 +886,28 @@ async fn serve(
     let outcome = match reply {
         Ok(Reply::Json(value)) => Ok(respond(StatusCode::OK, Some(value))),
         Ok(Reply::NoContent) => Ok(respond(StatusCode::NO_CONTENT, None)),
-        Ok(Reply::Launch) => match launch(&snapshot, &server.tools, &server.api_socket).await {
-            Ok(guest) => {
-                let _ = server.launched.send(guest);
-                Ok(respond(StatusCode::NO_CONTENT, None))
+        Ok(Reply::Pause) => {
+            signal_guest(&server, rustix::process::Signal::STOP);
+            Ok(respond(StatusCode::NO_CONTENT, None))
+        }
+        Ok(Reply::Resume) => {
+            signal_guest(&server, rustix::process::Signal::CONT);
+            Ok(respond(StatusCode::NO_CONTENT, None))
+        }
+        Ok(Reply::Launch { paused }) => {
+            match launch(&snapshot, &server.tools, &server.api_socket).await {
+                Ok(guest) => {
+                    *server.guest_pids.lock().unwrap_or_else(|p| p.into_inner()) =
+                        guest.children.iter().filter_map(Child::id).collect();
+                    if paused {
+                        signal_guest(&server, rustix::process::Signal::STOP);
+                    }
+                    let _ = server.launched.send(guest);
+                    Ok(respond(StatusCode::NO_CONTENT, None))
+                }
+                Err(error) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}"))),
             }
-            Err(error) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}"))),
-        },
+        }
         Err(message) => Err((StatusCode::BAD_REQUEST, message)),
     };
     match outcome {
@@ -507,22 +925,43 @@ async fn serve(
     }
 }
 
-/// `--api-sock PATH --id ID`.
-fn arguments() -> anyhow::Result<(PathBuf, String)> {
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Invocation {
+    Version,
+    Serve { api_socket: PathBuf, id: String },
+}
+
+/// `--api-sock PATH --id ID`, plus the timing arguments the jailer adds
+/// (`--start-time-us`, `--start-time-cpu-us`, `--parent-cpu-time-us`, numbers), or
+/// `--version`.
+fn arguments(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Invocation> {
+    const USAGE: &str = "usage: fake-firecracker --api-sock PATH --id ID | --version";
     let mut api_socket = None;
     let mut id = None;
-    let mut args = std::env::args_os().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
-        let value = args.next();
-        match arg.to_str() {
-            Some("--api-sock") => api_socket = value.map(PathBuf::from),
-            Some("--id") => id = value.map(|id| id.to_string_lossy().into_owned()),
-            _ => anyhow::bail!("unknown argument {arg:?} (usage: --api-sock PATH --id ID)"),
+        let name = arg.to_str().unwrap_or_default();
+        if name == "--version" {
+            return Ok(Invocation::Version);
+        }
+        let Some(value) = args.next() else {
+            anyhow::bail!("{arg:?} needs a value ({USAGE})");
+        };
+        match name {
+            "--api-sock" => api_socket = Some(PathBuf::from(value)),
+            "--id" => id = Some(value.to_string_lossy().into_owned()),
+            "--start-time-us" | "--start-time-cpu-us" | "--parent-cpu-time-us" => {
+                if value.to_str().and_then(|v| v.parse::<u64>().ok()).is_none() {
+                    anyhow::bail!("{name} {value:?}: not a number");
+                }
+            }
+            _ => anyhow::bail!("unknown argument {arg:?} ({USAGE})"),
         }
     }
     match (api_socket, id) {
-        (Some(api_socket), Some(id)) => Ok((api_socket, id)),
-        _ => anyhow::bail!("usage: fake-firecracker --api-sock PATH --id ID"),
+        (Some(api_socket), Some(id)) => Ok(Invocation::Serve { api_socket, id }),
+        _ => anyhow::bail!("{USAGE}"),
     }
 }
 
@@ -534,7 +973,29 @@ fn tool(variable: &str, default: &str) -> PathBuf {
 
 async fn run() -> anyhow::Result<()> {
     use anyhow::Context;
-    let (api_socket, id) = arguments()?;
+    let (api_socket, id) = match arguments(std::env::args_os().skip(1))? {
+        Invocation::Version => {
+            println!("Firecracker {}", version());
+            return Ok(());
+        }
+        Invocation::Serve { api_socket, id } => (api_socket, id),
+    };
+    // Under fake-jailer, paths are the jail's (see the module docs).
+    let root = match std::env::var_os("FAKE_JAILER_ROOT") {
+        Some(jail) => {
+            let here = std::env::current_dir().context("the current directory")?;
+            anyhow::ensure!(
+                here == Path::new(&jail),
+                "FAKE_JAILER_ROOT is {jail:?} but the current directory is {}",
+                here.display()
+            );
+            Root::Jail
+        }
+        None => Root::Host,
+    };
+    let api_socket = root
+        .resolve(&api_socket)
+        .map_err(|error| anyhow::anyhow!("--api-sock: {error}"))?;
     let reject = std::env::var("FAKE_FIRECRACKER_REJECT")
         .ok()
         .and_then(|value| {
@@ -551,18 +1012,31 @@ async fn run() -> anyhow::Result<()> {
     eprintln!("fake-firecracker {id}: serving {}", api_socket.display());
     let (launched, mut guests) = mpsc::unbounded_channel();
     let server = Arc::new(Server {
-        instance: Mutex::new(Instance::new(id, reject)),
+        instance: Mutex::new(Instance::new(id, root, reject)),
         tools,
         api_socket: api_socket.clone(),
         launched,
+        guest_pids: Mutex::new(Vec::new()),
     });
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut guest: Option<Guest> = None;
     let ending = loop {
+        // The guest ends when any of its processes does: real Firecracker is one process, so
+        // an OOM kill in its cgroup ends the VMM whichever of the double's processes (QEMU,
+        // or the vsock backend, which maps guest memory too) the kernel picks.
         let qemu_exit = async {
-            match guest.as_mut().and_then(|guest| guest.children.last_mut()) {
-                Some(qemu) => qemu.wait().await,
-                None => std::future::pending().await,
+            match guest.as_mut() {
+                Some(guest) if !guest.children.is_empty() => loop {
+                    for child in &mut guest.children {
+                        match child.try_wait() {
+                            Ok(None) => {}
+                            Ok(Some(status)) => return Ok(status),
+                            Err(error) => return Err(error),
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                },
+                _ => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -596,7 +1070,7 @@ async fn run() -> anyhow::Result<()> {
                 }
             }
             status = qemu_exit => {
-                break format!("QEMU exited: {status:?}");
+                break format!("the guest's QEMU or vsock backend exited: {status:?}");
             }
             _ = terminate.recv() => break "terminated".to_owned(),
             _ = tokio::signal::ctrl_c() => break "interrupted".to_owned(),
@@ -631,7 +1105,7 @@ mod tests {
     use super::*;
 
     fn instance() -> Instance {
-        Instance::new("test".into(), None)
+        Instance::new("test".into(), Root::Host, None)
     }
 
     fn put(instance: &mut Instance, path: &str, body: &str) -> Result<Reply, String> {
@@ -771,7 +1245,7 @@ mod tests {
                 "/actions",
                 r#"{"action_type": "InstanceStart"}"#
             ),
-            Ok(Reply::Launch)
+            Ok(Reply::Launch { paused: false })
         ));
         let again = put(
             &mut instance,
@@ -811,6 +1285,7 @@ mod tests {
     fn a_configured_rejection_names_its_message() {
         let mut instance = Instance::new(
             "test".into(),
+            Root::Host,
             Some(("/boot-source".into(), "no kernels today".into())),
         );
         let error = put(
@@ -820,5 +1295,186 @@ mod tests {
         )
         .expect_err("rejected");
         assert_eq!(error, "no kernels today");
+    }
+
+    fn patch(instance: &mut Instance, state: &str) -> Result<Reply, String> {
+        handle(
+            instance,
+            &Method::PATCH,
+            "/vm",
+            format!(r#"{{"state": "{state}"}}"#).as_bytes(),
+        )
+    }
+
+    /// Pausing needs a started guest; a snapshot needs a paused one and writes the state
+    /// file and a memory file of the guest's size; a snapshot loads only into a fresh
+    /// process, resumes as asked, and leaves the instance configured as recorded.
+    #[test]
+    fn snapshots_follow_the_vm_state() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("vmstate");
+        let memory = dir.path().join("memory");
+        let create = format!(
+            r#"{{"snapshot_type": "Full", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+            state.display(),
+            memory.display()
+        );
+        let mut instance = configured();
+        let early = patch(&mut instance, "Paused").expect_err("not started");
+        assert!(early.contains("not been started"), "{early}");
+        let early = put(&mut instance, "/snapshot/create", &create).expect_err("not started");
+        assert!(early.contains("not been started"), "{early}");
+        put(
+            &mut instance,
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#,
+        )
+        .expect("start");
+        let running = put(&mut instance, "/snapshot/create", &create).expect_err("running");
+        assert!(running.contains("pause it first"), "{running}");
+        assert!(!state.exists());
+        let bad = patch(&mut instance, "Stopped").expect_err("no such state");
+        assert!(bad.contains("unknown variant"), "{bad}");
+        assert!(matches!(patch(&mut instance, "Paused"), Ok(Reply::Pause)));
+        let diff = create.replace("Full", "Diff");
+        let error = put(&mut instance, "/snapshot/create", &diff).expect_err("no dirty pages");
+        assert!(error.contains("dirty page tracking"), "{error}");
+        let extra = create.replace("}", r#", "compress": true}"#);
+        let error = put(&mut instance, "/snapshot/create", &extra).expect_err("unknown field");
+        assert!(error.contains("unknown field"), "{error}");
+        assert!(matches!(
+            put(&mut instance, "/snapshot/create", &create),
+            Ok(Reply::NoContent)
+        ));
+        assert_eq!(
+            std::fs::metadata(&memory).expect("memory file").len(),
+            256 << 20
+        );
+        assert!(matches!(patch(&mut instance, "Resumed"), Ok(Reply::Resume)));
+
+        let load = |extra: &str| format!(r#"{{"snapshot_path": "{}", {extra}}}"#, state.display());
+        let backend = format!(
+            r#""mem_backend": {{"backend_type": "File", "backend_path": "{}"}}"#,
+            memory.display()
+        );
+        let mut used = configured();
+        let error = put(&mut used, "/snapshot/load", &load(&backend)).expect_err("configured");
+        assert!(
+            error.contains("before any resource is configured"),
+            "{error}"
+        );
+        for (body, expected) in [
+            (
+                load(&format!(
+                    r#"{backend}, "mem_file_path": "{}""#,
+                    memory.display()
+                )),
+                "Exactly one",
+            ),
+            (r#"{"snapshot_path": "/x"}"#.to_owned(), "Exactly one"),
+            (load(&backend.replace("File", "Uffd")), "Uffd"),
+            (
+                load(&format!(
+                    r#"{backend}, "network_overrides": [{{"iface_id": "eth0", "host_dev_name": "tap0"}}]"#
+                )),
+                "eth0",
+            ),
+            (
+                load(&backend.replace("backend_path", "path")),
+                "backend_path",
+            ),
+        ] {
+            let error = put(&mut instance_fresh(), "/snapshot/load", &body).expect_err(&body);
+            assert!(error.contains(expected), "{body}: {error}");
+        }
+        let mut fresh = instance_fresh();
+        let resumed = format!(
+            r#"{backend}, "resume_vm": true, "vsock_override": {{"uds_path": "/tmp/other.sock"}}"#
+        );
+        assert!(matches!(
+            put(&mut fresh, "/snapshot/load", &load(&resumed)),
+            Ok(Reply::Launch { paused: false })
+        ));
+        assert_eq!(fresh.state, VmState::Running);
+        assert_eq!(fresh.machine.mem_size_mib, 256);
+        assert_eq!(
+            fresh.vsock.as_ref().map(|v| v.uds_path.clone()),
+            Some(PathBuf::from("/tmp/other.sock"))
+        );
+        let late = put(
+            &mut fresh,
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+        )
+        .expect_err("after load");
+        assert!(late.contains("after starting"), "{late}");
+        let mut paused = instance_fresh();
+        assert!(matches!(
+            put(&mut paused, "/snapshot/load", &load(&backend)),
+            Ok(Reply::Launch { paused: true })
+        ));
+        std::fs::File::create(&memory)
+            .and_then(|f| f.set_len(1))
+            .expect("truncate");
+        let error =
+            put(&mut instance_fresh(), "/snapshot/load", &load(&backend)).expect_err("short");
+        assert!(error.contains("holds 1 bytes"), "{error}");
+    }
+
+    fn instance_fresh() -> Instance {
+        instance()
+    }
+
+    /// Under the jailer double, API paths are the jail's: absolute, resolved beneath the
+    /// current directory, and never out of it.
+    #[test]
+    fn jail_paths_stay_in_the_jail() {
+        assert_eq!(
+            Root::Jail.resolve(Path::new("/api.sock")),
+            Ok(PathBuf::from("api.sock"))
+        );
+        assert_eq!(
+            Root::Jail.resolve(Path::new("/a/b")),
+            Ok(PathBuf::from("a/b"))
+        );
+        for bad in ["relative", "/../etc/passwd", "/a/../../b", "/"] {
+            assert!(Root::Jail.resolve(Path::new(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Root::Host.resolve(Path::new("/x/../y")),
+            Ok(PathBuf::from("/x/../y"))
+        );
+    }
+
+    #[test]
+    fn command_lines_of_firecracker_and_of_the_jailer_parse() {
+        let args = |text: &str| {
+            text.split_whitespace()
+                .map(OsString::from)
+                .collect::<Vec<_>>()
+        };
+        let jailed = arguments(args(
+            "--id fc-1 --start-time-us 5 --start-time-cpu-us 0 --parent-cpu-time-us 0 --api-sock /api.sock",
+        ))
+        .expect("the jailer's command line");
+        assert_eq!(
+            jailed,
+            Invocation::Serve {
+                api_socket: "/api.sock".into(),
+                id: "fc-1".into()
+            }
+        );
+        assert_eq!(
+            arguments(args("--version")).expect("version"),
+            Invocation::Version
+        );
+        for bad in [
+            "--id x",
+            "--id x --api-sock /a --bogus 1",
+            "--id x --api-sock /a --start-time-us soon",
+            "--api-sock",
+        ] {
+            assert!(arguments(args(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -9,7 +9,7 @@
 //!    unprivileged, or [`SandboxConfig::root_host_id`] (default 65534, `nobody`) when the host
 //!    runs as root, so a tenant's root is never the host's root. `setgroups` is denied.
 //! 3. The child forks again (the new PID namespace's first process is PID 1), builds the root
-//!    ([`plan`]), `pivot_root`s into it, sets the hostname and rlimits, `no_new_privs` and the
+//!    (`plan`), `pivot_root`s into it, sets the hostname and rlimits, `no_new_privs` and the
 //!    seccomp filters ([`seccomp`]), and execs `/.hpcc/agent`.
 //! 4. `start` returns once the agent accepts a connection on the socket.
 //!
@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rustix::pipe::PipeFlags;
 
+use crate::session;
 use crate::{AgentStream, Runtime, RuntimeError, Session, SessionSpec};
 
 const RUNTIME: &str = "sandbox";
@@ -94,6 +95,7 @@ impl SandboxRuntime {
                 config.agent_binary.display()
             )));
         }
+        crate::agent_binary::check(&config.agent_binary).map_err(unavailable)?;
         if let Ok(text) = std::fs::read_to_string("/proc/sys/user/max_user_namespaces") {
             if text.trim() == "0" {
                 return Err(unavailable(
@@ -418,24 +420,14 @@ impl Session for SandboxSession {
     }
 
     async fn connect(&self) -> Result<Box<dyn AgentStream>, RuntimeError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| RuntimeError::Io {
-                session: self.id.clone(),
-                source,
-            })?;
-        Ok(Box::new(stream))
+        session::agent_stream(
+            &self.id,
+            tokio::net::UnixStream::connect(&self.socket).await,
+        )
     }
 
     fn is_alive(&self) -> bool {
-        let mut guard = match self.child.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        match guard.as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        session::alive(&self.child)
     }
 
     async fn stop(self: Box<Self>) -> Result<(), RuntimeError> {
@@ -448,13 +440,7 @@ impl Session for SandboxSession {
             }
         }
         let dir = self.dir.clone();
-        let removed = tokio::task::spawn_blocking(move || remove_dir(&dir))
-            .await
-            .unwrap_or_else(|error| Err(io::Error::other(error)));
-        removed.map_err(|source| RuntimeError::Io {
-            session: self.id.clone(),
-            source,
-        })?;
+        session::off_thread(&self.id, move || remove_dir(&dir)).await?;
         tracing::info!(session = %self.id, "sandbox session stopped");
         Ok(())
     }

@@ -195,6 +195,12 @@ impl Plan {
 
 /// Writes `hpcc-sandbox: <step>: errno <n>` to stderr without allocating.
 fn report(step: &str, errno: rustix::io::Errno) {
+    report_as("hpcc-sandbox: ", step, errno);
+}
+
+/// Writes `<prefix><step>: errno <n>` to stderr without allocating (also for the VMM jail's
+/// child, `vm::jail::plan`).
+pub(crate) fn report_as(prefix: &str, step: &str, errno: rustix::io::Errno) {
     let mut buffer = [0u8; 160];
     let mut len = 0;
     let mut push = |bytes: &[u8]| {
@@ -205,7 +211,7 @@ fn report(step: &str, errno: rustix::io::Errno) {
             }
         }
     };
-    push(b"hpcc-sandbox: ");
+    push(prefix.as_bytes());
     push(step.as_bytes());
     push(b": errno ");
     let mut digits = [0u8; 10];
@@ -254,7 +260,7 @@ fn touch(name: &str, path: &CStr) -> io::Result<()> {
 
 /// The flags a bind remount must keep: in a user namespace the kernel refuses to clear the
 /// `nosuid`/`nodev`/`noexec`/atime flags it locked on mounts copied from the parent.
-fn kept_flags(path: &CStr) -> MountFlags {
+pub(crate) fn kept_flags(path: &CStr) -> MountFlags {
     let Ok(stat) = rustix::fs::statvfs(path) else {
         return MountFlags::empty();
     };

@@ -1,9 +1,14 @@
 //! Hybrid vsock, the host end of a guest's vsock port as Firecracker and
 //! `vhost-device-vsock` expose it: connect to the VMM's Unix socket, write `CONNECT <port>\n`,
 //! read `OK <host port>\n`; the socket then carries the guest connection's bytes.
+//!
+//! The handshake is bounded in time ([`CONNECT_TIMEOUT`]): a backend that takes the `CONNECT`
+//! line but never answers (a guest whose vsock driver is not up yet, a stuck backend) must not
+//! hold a caller forever.
 
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -11,8 +16,32 @@ use tokio::net::UnixStream;
 /// The longest acknowledgement line accepted (`OK ` and a 32-bit port, with room to spare).
 const MAX_REPLY: usize = 32;
 
-/// Opens a connection to guest `port` through the hybrid-vsock socket at `uds`.
+/// How long the handshake of [`connect`] may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a connection to guest `port` through the hybrid-vsock socket at `uds`, within
+/// [`CONNECT_TIMEOUT`].
 pub async fn connect(uds: &Path, port: u32) -> io::Result<UnixStream> {
+    connect_within(uds, port, CONNECT_TIMEOUT).await
+}
+
+/// [`connect`] with its own time limit.
+pub async fn connect_within(uds: &Path, port: u32, limit: Duration) -> io::Result<UnixStream> {
+    tokio::time::timeout(limit, handshake(uds, port))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "hybrid vsock: no answer to CONNECT {port} on {} within {} ms",
+                    uds.display(),
+                    limit.as_millis()
+                ),
+            ))
+        })
+}
+
+async fn handshake(uds: &Path, port: u32) -> io::Result<UnixStream> {
     let mut stream = UnixStream::connect(uds).await?;
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
@@ -116,5 +145,25 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_never_answers_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("silent.sock");
+        // Accepts and reads the CONNECT line, then says nothing, as a stuck backend would.
+        let listener = tokio::net::UnixListener::bind(&uds).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink).await;
+        });
+        let started = std::time::Instant::now();
+        let error = connect_within(&uds, 7, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        server.abort();
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 /// The runtime that owns the file removes it when dropped.
 pub fn write(guest: &super::GuestConfig, prefix: &str) -> Result<PathBuf, String> {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    crate::agent_binary::check(&guest.agent_binary)?;
     let archive = build(&guest.agent_binary, &guest.modules)
         .map_err(|error| format!("building the initramfs: {error}"))?;
     std::fs::create_dir_all(&guest.state_dir)

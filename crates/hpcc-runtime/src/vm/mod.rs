@@ -1,17 +1,23 @@
 //! The microVM runtimes: a session is a guest with no NIC, booted from a kernel, an
-//! initramfs holding the agent, and the image's root as a read-only disk; the host reaches
-//! the agent through hybrid vsock.
+//! initramfs holding the agent, and the image's root as a read-only disk.
 //!
-//! [`qemu`] runs QEMU's `microvm` machine with `vhost-device-vsock` as its vsock device;
-//! [`firecracker`] drives Firecracker through its API socket. Both share what a guest is
-//! made of ([`GuestConfig`], [`initramfs`], [`disk`]) and how its agent is reached
-//! ([`hybrid`]). The agent boots the guest itself (`hpcc-agent --vm-root`, its `vm.rs`).
+//! [`qemu`] runs QEMU's `microvm` machine and reaches the agent over virtio-serial ports
+//! ([`serial`]), which, unlike QEMU 7.2's vhost-user vsock, can migrate, so its sessions can be
+//! snapshotted (driven over QMP, [`qmp`]); [`firecracker`] drives Firecracker through its API
+//! socket and reaches the agent through hybrid vsock ([`hybrid`]). Both share what a guest is
+//! made of ([`GuestConfig`], [`initramfs`], [`disk`]) and how their host processes are confined
+//! ([`jail`]: namespaces, a `pivot_root`ed directory, an unprivileged uid, seccomp and a cgroup
+//! per session; Firecracker may use its own `jailer` instead). The agent boots the guest itself
+//! (`hpcc-agent --vm-root`, its `vm.rs`).
 
 pub mod disk;
 pub mod firecracker;
 pub mod hybrid;
 pub mod initramfs;
+pub mod jail;
 pub mod qemu;
+pub mod qmp;
+pub mod serial;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +31,18 @@ pub const AGENT_PORT: u32 = 1024;
 /// The guest's CID (each session has its own vsock device, so all can use the first free one).
 pub const GUEST_CID: u32 = 3;
 
+/// Host memory a VMM takes besides its guest's RAM (its own code and heap, device
+/// emulation, the vsock backend, QEMU's TCG translation cache), for the worker's memory
+/// accounting: generous, so that a worker full of guests does not overcommit.
+pub const VMM_OVERHEAD_BYTES: u64 = 128 << 20;
+
+impl GuestConfig {
+    /// Host memory one guest may take: its RAM plus [`VMM_OVERHEAD_BYTES`].
+    pub fn session_memory(&self) -> u64 {
+        (u64::from(self.memory_mib) << 20) + VMM_OVERHEAD_BYTES
+    }
+}
+
 /// The guest device the root disk appears as.
 pub const ROOT_DEVICE: &str = "/dev/vda";
 
@@ -35,9 +53,10 @@ pub struct GuestConfig {
     /// for QEMU).
     pub kernel: PathBuf,
     /// Kernel modules the guest needs that its kernel does not have built in, in load order
-    /// (for Debian's cloud kernel: virtio_ring, virtio, virtio_mmio, virtio_blk, vsock,
-    /// vmw_vsock_virtio_transport_common, vmw_vsock_virtio_transport). Empty for a kernel
-    /// with virtio-mmio, virtio-blk and virtio-vsock built in.
+    /// (for Debian's cloud kernel: virtio_ring, virtio, virtio_mmio, virtio_blk,
+    /// virtio_console for the `qemu` runtime's virtio-serial ports, and vsock,
+    /// vmw_vsock_virtio_transport_common, vmw_vsock_virtio_transport for Firecracker's
+    /// vsock). Empty for a kernel with those built in.
     pub modules: Vec<PathBuf>,
     /// The static `hpcc-agent` binary, `/init` of the initramfs.
     pub agent_binary: PathBuf,

@@ -34,6 +34,8 @@ pub enum Need {
     Image,
     /// QEMU, vhost-device-vsock and the Debian guest kernel.
     Vm,
+    /// cgroup v1 hierarchies of memory, cpu and pids (what the jail tests read).
+    Cgroups,
 }
 
 /// Why a test cannot run here, if it cannot.
@@ -47,6 +49,7 @@ pub fn missing(needs: &[Need]) -> Option<String> {
             Need::Vm => hpcc_runtime::testing::vm_tools()
                 .err()
                 .or_else(|| hpcc_runtime::testing::guest_kernel().err()),
+            Need::Cgroups => crate::jail::cgroups_missing(),
         };
         if problem.is_some() {
             return problem;
@@ -170,4 +173,13 @@ pub fn ensure(condition: bool, message: impl FnOnce() -> String) -> TestResult {
     } else {
         Err(message())
     }
+}
+
+/// The `oom_kill` count of a cgroup v1 `memory.oom_control` (0 when absent).
+pub fn oom_kills(oom_control: &str) -> u64 {
+    oom_control
+        .lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|count| count.trim().parse::<u64>().ok())
+        .unwrap_or(0)
 }

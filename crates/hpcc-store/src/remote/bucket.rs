@@ -10,6 +10,8 @@ use reqsign_aws_v4::{DefaultCredentialProvider, RequestSigner};
 use reqsign_core::{Context, OsEnv, Signer};
 use reqsign_file_read_tokio::TokioFileRead;
 
+use hpcc_core::config::{Backend, RemoteConfig};
+
 use super::RemoteError;
 
 /// What an S3 `CreateBucket` came to.
@@ -98,4 +100,52 @@ pub async fn create_bucket(
             path: bucket.to_owned(),
             after: timeout,
         })?
+}
+
+/// Creates the buckets of the S3 stores in `config` (itself, or a cluster's members) that
+/// have `auto_create`, before anything is written to them: each bucket's name and what its
+/// creation came to. A failure is for the caller to report; the store is used as it is, and
+/// its calls then fail and are counted.
+pub async fn create_configured_buckets(
+    config: &RemoteConfig,
+) -> Vec<(String, Result<Created, RemoteError>)> {
+    let mut outcomes = Vec::new();
+    for store in buckets_to_create(config) {
+        let Backend::S3 {
+            bucket,
+            endpoint,
+            region,
+            virtual_host_style,
+            ..
+        } = &store.backend
+        else {
+            continue;
+        };
+        let region = region.as_deref().unwrap_or("us-east-1");
+        let timeout = Duration::from_millis(store.options.write_timeout_ms);
+        let outcome = create_bucket(
+            &store.display_name(),
+            endpoint.as_deref(),
+            bucket,
+            region,
+            *virtual_host_style,
+            timeout,
+        )
+        .await;
+        outcomes.push((bucket.clone(), outcome));
+    }
+    outcomes
+}
+
+/// The S3 stores of `config` (itself, or a cluster's members) that have `auto_create`.
+fn buckets_to_create(config: &RemoteConfig) -> Vec<&RemoteConfig> {
+    match &config.backend {
+        Backend::S3 {
+            auto_create: true, ..
+        } => vec![config],
+        Backend::Cluster { endpoints, .. } => {
+            endpoints.iter().flat_map(buckets_to_create).collect()
+        }
+        _ => Vec::new(),
+    }
 }

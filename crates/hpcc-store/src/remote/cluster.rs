@@ -10,6 +10,11 @@
 //! is copied back to it (read repair), so a member that was down catches up. Writes go to
 //! the first `replicas` healthy members of the ranking, so while one is down its copies land
 //! on the next member, where the same walk will find them.
+//!
+//! A scoped view ([`Store::scoped`]) scopes every member under the same names, so a key
+//! ranks the same in every namespace, and shares the members' health: a member that failed
+//! for one tenant is skipped for all. Deleting or measuring a namespace asks every member,
+//! healthy or not, since copies may sit anywhere; a usage counts each copy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +30,8 @@ use crate::Kind;
 #[derive(Debug)]
 struct Member {
     store: Arc<dyn Store>,
-    health: Health,
+    /// Shared with the same member in scoped views.
+    health: Arc<Health>,
 }
 
 /// Stores sharing keys by rendezvous hashing, with replication.
@@ -58,7 +64,7 @@ impl Cluster {
                 .into_iter()
                 .map(|(store, cooldown)| Member {
                     store,
-                    health: Health::new(cooldown),
+                    health: Arc::new(Health::new(cooldown)),
                 })
                 .collect(),
             replicas,
@@ -223,6 +229,48 @@ impl Store for Cluster {
             }
         }
         last_error.map_or(Ok(()), Err)
+    }
+
+    fn scoped(&self, namespace: &str) -> Result<Arc<dyn Store>, RemoteError> {
+        let members = self
+            .members
+            .iter()
+            .map(|member| {
+                Ok(Member {
+                    store: member.store.scoped(namespace)?,
+                    health: Arc::clone(&member.health),
+                })
+            })
+            .collect::<Result<Vec<_>, RemoteError>>()?;
+        Ok(Arc::new(Cluster {
+            name: self.name.clone(),
+            members,
+            replicas: self.replicas,
+        }))
+    }
+
+    async fn delete_namespace(&self, namespace: &str) -> Result<u64, RemoteError> {
+        // Every member, even after one fails: as much as can be removed is removed, and the
+        // error says the deletion is incomplete.
+        let mut removed = 0;
+        let mut last_error = None;
+        for member in &self.members {
+            match member.store.delete_namespace(namespace).await {
+                Ok(count) => removed += count,
+                Err(error) => last_error = Some(error),
+            }
+        }
+        last_error.map_or(Ok(removed), Err)
+    }
+
+    async fn namespace_usage(&self, namespace: &str) -> Result<(u64, u64), RemoteError> {
+        let (mut objects, mut bytes) = (0, 0);
+        for member in &self.members {
+            let (member_objects, member_bytes) = member.store.namespace_usage(namespace).await?;
+            objects += member_objects;
+            bytes += member_bytes;
+        }
+        Ok((objects, bytes))
     }
 }
 

@@ -3,14 +3,21 @@
 //!
 //! The daemon itself reads the disk store synchronously in front of its remote tiers: a
 //! local hit must not pay for a hop through the async runtime.
+//!
+//! A namespace is a disk store of its own in `<root>/namespaces/<namespace>/`, opened with
+//! the same settings: its entries, accounting and eviction are its own, so `max_size` limits
+//! each namespace (a per-tenant cap), and the directory as a whole holds up to that much per
+//! namespace. The unscoped store never looks into `namespaces/` (its layout is
+//! `manifests/`, `results/` and `size/`), so neither evicts the other's entries.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use hpcc_core::digest::Digest;
 
-use super::{RemoteError, Store};
+use super::{check_namespace, RemoteError, Store};
 use crate::{DiskStore, Kind};
 
 /// A [`DiskStore`] behind the async [`Store`] trait; file work runs on blocking threads.
@@ -18,25 +25,46 @@ use crate::{DiskStore, Kind};
 pub struct DiskTier {
     name: String,
     store: Arc<DiskStore>,
+    /// The unscoped store's root, under which namespaces live.
+    base: PathBuf,
+}
+
+/// The root of `namespace`'s store under the unscoped root `base`.
+fn namespace_root(base: &Path, namespace: &str) -> PathBuf {
+    base.join("namespaces").join(namespace)
 }
 
 impl DiskTier {
     /// `store` under `name`.
     pub fn new(name: String, store: Arc<DiskStore>) -> DiskTier {
-        DiskTier { name, store }
+        let base = store.root().to_owned();
+        DiskTier { name, store, base }
+    }
+
+    /// The store of a checked `namespace`, with this store's settings.
+    fn namespace_store(&self, namespace: &str) -> Result<DiskStore, RemoteError> {
+        check_namespace(&self.name, namespace)?;
+        DiskStore::open(&namespace_root(&self.base, namespace), *self.store.config()).map_err(
+            |error| RemoteError::Backend {
+                store: self.name.clone(),
+                operation: "open namespace",
+                path: namespace.to_owned(),
+                source: Box::new(error),
+            },
+        )
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
         operation: &'static str,
-        key: &Digest,
+        path: String,
         work: impl FnOnce(&DiskStore) -> Result<T, crate::StoreError> + Send + 'static,
     ) -> Result<T, RemoteError> {
         let store = Arc::clone(&self.store);
         let failed = |source: Box<dyn std::error::Error + Send + Sync>| RemoteError::Backend {
             store: self.name.clone(),
             operation,
-            path: key.to_hex(),
+            path: path.clone(),
             source,
         };
         match tokio::task::spawn_blocking(move || work(&store)).await {
@@ -55,7 +83,7 @@ impl Store for DiskTier {
 
     async fn get(&self, kind: Kind, key: &Digest) -> Result<Option<Bytes>, RemoteError> {
         let key_copy = *key;
-        self.blocking("get", key, move |store| {
+        self.blocking("get", key.to_hex(), move |store| {
             Ok(store.get_encoded(kind, &key_copy)?.map(Bytes::from))
         })
         .await
@@ -63,7 +91,7 @@ impl Store for DiskTier {
 
     async fn put(&self, kind: Kind, key: &Digest, object: Bytes) -> Result<(), RemoteError> {
         let key_copy = *key;
-        self.blocking("put", key, move |store| {
+        self.blocking("put", key.to_hex(), move |store| {
             store.put_encoded(kind, &key_copy, &object)
         })
         .await
@@ -75,7 +103,57 @@ impl Store for DiskTier {
 
     async fn delete(&self, kind: Kind, key: &Digest) -> Result<(), RemoteError> {
         let key_copy = *key;
-        self.blocking("delete", key, move |store| store.remove(kind, &key_copy))
+        self.blocking("delete", key.to_hex(), move |store| {
+            store.remove(kind, &key_copy)
+        })
+        .await
+    }
+
+    fn scoped(&self, namespace: &str) -> Result<Arc<dyn Store>, RemoteError> {
+        Ok(Arc::new(DiskTier {
+            name: self.name.clone(),
+            store: Arc::new(self.namespace_store(namespace)?),
+            base: self.base.clone(),
+        }))
+    }
+
+    async fn delete_namespace(&self, namespace: &str) -> Result<u64, RemoteError> {
+        let store = self.namespace_store(namespace)?;
+        let root = store.root().to_owned();
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| RemoteError::Backend {
+            store: self.name.clone(),
+            operation: "delete namespace",
+            path: root.display().to_string(),
+            source,
+        };
+        let dir = root.clone();
+        let work = move || -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+            // `clean` counts what it removes and waits for a running eviction; then the
+            // accounting and directories go too.
+            let removed = store.clean()?.files_removed;
+            match std::fs::remove_dir_all(&dir) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Box::new(error)),
+                _ => Ok(removed),
+            }
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(removed)) => Ok(removed),
+            Ok(Err(error)) => Err(failed(error)),
+            Err(join) => Err(failed(Box::new(join))),
+        }
+    }
+
+    async fn namespace_usage(&self, namespace: &str) -> Result<(u64, u64), RemoteError> {
+        let scoped = DiskTier {
+            name: self.name.clone(),
+            store: Arc::new(self.namespace_store(namespace)?),
+            base: self.base.clone(),
+        };
+        // From the namespace's accounting, like `DiskStore::size`: no directory walk.
+        scoped
+            .blocking("measure namespace", namespace.to_owned(), |store| {
+                Ok((store.entry_count()?, store.size()?))
+            })
             .await
     }
 }

@@ -4,7 +4,8 @@
 //! takes and resets them once a second and adds them to the stats files as
 //! `remote.<store>.<counter>`. Read latency is a histogram with fixed bucket bounds
 //! ([`LATENCY_BUCKETS_US`]), which adds up across daemons and flushes, so `hpcc stats` can
-//! give percentiles of everything ever counted.
+//! give percentiles of everything ever counted (p50 and p99, as the upper bounds of their
+//! buckets).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -39,6 +39,21 @@ fn encoded(kind: Kind, key: &Digest, len: usize) -> Bytes {
     Bytes::from(disk.get_encoded(kind, key).expect("read").expect("present"))
 }
 
+/// Cluster members with their cooldowns, as [`Cluster::new`] takes them.
+type Members = Vec<(Arc<dyn Store>, Duration)>;
+
+/// `count` memory stores, and the same as cluster members with a 30 s cooldown.
+fn memory_members(count: usize) -> (Vec<Arc<OpendalStore>>, Members) {
+    let live: Vec<Arc<OpendalStore>> = (0..count)
+        .map(|index| memory_store(&format!("m{index}")))
+        .collect();
+    let members = live
+        .iter()
+        .map(|store| (Arc::clone(store) as Arc<dyn Store>, Duration::from_secs(30)))
+        .collect();
+    (live, members)
+}
+
 fn tier(store: Arc<dyn Store>, max_size: Option<u64>) -> Tier {
     Tier::new(store, Duration::from_secs(30), true, max_size)
 }
@@ -64,6 +79,17 @@ fn s3_at(address: std::net::SocketAddr, timeout: Duration) -> OpendalStore {
         },
         2,
     )
+}
+
+/// One Redis server at `address`.
+fn redis_at(address: std::net::SocketAddr) -> Backend {
+    Backend::Redis {
+        endpoint: Some(format!("redis://{address}")),
+        cluster_endpoints: Vec::new(),
+        db: 0,
+        username: None,
+        password: None,
+    }
 }
 
 fn remote_config(backend: Backend, read_timeout_ms: u64) -> RemoteConfig {
@@ -144,8 +170,36 @@ async fn corrupt_truncated_and_misplaced_objects_are_misses() {
     let stats = tiers.tiers()[0].stats.drain();
     assert!(stats.contains(&("corrupt".into(), 5)), "{stats:?}");
     // Corrupt objects are deleted from a writable tier, in the background.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(store.get(Kind::Manifest, &key).await.expect("get"), None);
+    assert!(
+        eventually(|| async {
+            store
+                .get(Kind::Manifest, &key)
+                .await
+                .expect("get")
+                .is_none()
+        })
+        .await,
+        "the corrupt object was not deleted"
+    );
+}
+
+/// Polls `check` until it holds, for at most 10 s: background work lags on a loaded machine,
+/// so a test waits for it instead of sleeping a fixed time and hoping.
+async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A TCP server that accepts connections and never answers.
@@ -164,16 +218,7 @@ async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
 #[tokio::test]
 async fn a_black_hole_store_costs_one_timeout_then_is_skipped() {
     let (address, _server) = black_hole().await;
-    let store = OpendalStore::open(&remote_config(
-        Backend::Redis {
-            endpoint: format!("redis://{address}"),
-            db: 0,
-            username: None,
-            password: None,
-        },
-        300,
-    ))
-    .expect("store");
+    let store = OpendalStore::open(&remote_config(redis_at(address), 300)).expect("store");
     let key = Digest::of(b"k");
     let started = Instant::now();
     let error = store.get(Kind::Result, &key).await.expect_err("no answer");
@@ -294,23 +339,8 @@ async fn cluster_reads_fall_back_to_replicas_and_repair() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let closed_address = closed.local_addr().expect("address");
     drop(closed);
-    let dead = OpendalStore::open(&remote_config(
-        Backend::Redis {
-            endpoint: format!("redis://{closed_address}"),
-            db: 0,
-            username: None,
-            password: None,
-        },
-        500,
-    ))
-    .expect("store");
-    let live: Vec<Arc<OpendalStore>> = (0..3)
-        .map(|index| memory_store(&format!("m{index}")))
-        .collect();
-    let members: Vec<(Arc<dyn Store>, Duration)> = live
-        .iter()
-        .map(|store| (Arc::clone(store) as Arc<dyn Store>, Duration::from_secs(30)))
-        .collect();
+    let dead = OpendalStore::open(&remote_config(redis_at(closed_address), 500)).expect("store");
+    let (live, members) = memory_members(3);
     let healthy = Cluster::new("c".into(), members, 2).expect("cluster");
     let keys: Vec<Digest> = (0..60u32)
         .map(|seed| Digest::of(&seed.to_le_bytes()))
@@ -389,12 +419,17 @@ async fn cluster_reads_fall_back_to_replicas_and_repair() {
         .await
         .expect("get")
         .is_some());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(live[ranking[0]]
-        .get(Kind::Result, &key)
-        .await
-        .expect("get")
-        .is_some());
+    assert!(
+        eventually(|| async {
+            live[ranking[0]]
+                .get(Kind::Result, &key)
+                .await
+                .expect("get")
+                .is_some()
+        })
+        .await,
+        "the entry was not written back"
+    );
 }
 
 /// A store under another name, so a dead server can take a live member's place in hashing.
@@ -486,4 +521,210 @@ async fn disk_tier_stores_only_verified_objects() {
         .is_err());
     tier.delete(Kind::Manifest, &key).await.expect("delete");
     assert!(!tier.exists(Kind::Manifest, &key).await.expect("exists"));
+}
+
+#[test]
+fn namespace_names_are_checked() {
+    for good in ["tenant-a", "A.b_c-9", "x", &"n".repeat(MAX_NAMESPACE_LEN)] {
+        assert!(check_namespace("s", good).is_ok(), "{good}");
+    }
+    for (bad, needle) in [
+        ("", "1 to 64"),
+        (&"n".repeat(MAX_NAMESPACE_LEN + 1), "1 to 64"),
+        (".hidden", "starts with '.'"),
+        ("a/b", "'/'"),
+        ("a*", "'*'"),
+        ("caf\u{e9}", "'\u{e9}'"),
+        ("r", "unscoped layout"),
+        ("m", "unscoped layout"),
+    ] {
+        let error = check_namespace("s", bad).expect_err(bad).to_string();
+        assert!(
+            error.contains(needle) && error.contains(&format!("{bad:?}")),
+            "{bad:?}: {error}"
+        );
+    }
+    let key = Digest::of(b"k");
+    let hex = key.to_hex();
+    assert_eq!(
+        object_path_in(Some("t1"), Kind::Result, &key).expect("valid"),
+        format!("cache/t1/r/{}/{}", &hex[..2], &hex[2..])
+    );
+    assert_eq!(
+        object_path_in(None, Kind::Manifest, &key).expect("valid"),
+        object_path(Kind::Manifest, &key)
+    );
+}
+
+#[tokio::test]
+async fn scoped_views_keep_namespaces_apart() {
+    let store = memory_store("mem");
+    let key = Digest::of(b"same key");
+    let a = store.scoped("tenant-a").expect("scoped");
+    let b = store.scoped("tenant-b").expect("scoped");
+    let object_a = encoded(Kind::Result, &key, 100);
+    let object_b = encoded(Kind::Result, &key, 300);
+    a.put(Kind::Result, &key, object_a.clone())
+        .await
+        .expect("put");
+    assert_eq!(b.get(Kind::Result, &key).await.expect("get"), None);
+    assert!(!b.exists(Kind::Result, &key).await.expect("exists"));
+    assert_eq!(store.get(Kind::Result, &key).await.expect("get"), None);
+    b.put(Kind::Result, &key, object_b.clone())
+        .await
+        .expect("put");
+    b.put(Kind::Manifest, &key, object_b.clone())
+        .await
+        .expect("put");
+    store
+        .put(Kind::Result, &key, object_a.clone())
+        .await
+        .expect("put");
+    assert_eq!(
+        a.get(Kind::Result, &key).await.expect("get"),
+        Some(object_a.clone())
+    );
+    assert_eq!(
+        b.get(Kind::Result, &key).await.expect("get"),
+        Some(object_b.clone())
+    );
+    // Where they are, as the bucket sees it.
+    let mut paths: Vec<String> = store
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|object| object.path)
+        .collect();
+    paths.sort();
+    let mut expected = vec![
+        object_path(Kind::Result, &key),
+        object_path_in(Some("tenant-a"), Kind::Result, &key).expect("valid"),
+        object_path_in(Some("tenant-b"), Kind::Manifest, &key).expect("valid"),
+        object_path_in(Some("tenant-b"), Kind::Result, &key).expect("valid"),
+    ];
+    expected.sort();
+    assert_eq!(paths, expected);
+    assert_eq!(
+        b.list().await.expect("list").len(),
+        2,
+        "a view lists its own"
+    );
+    // A view of a view is the other namespace, not a nested one.
+    let again = a.scoped("tenant-b").expect("scoped");
+    assert_eq!(
+        again.get(Kind::Result, &key).await.expect("get"),
+        Some(object_b.clone())
+    );
+
+    let b_bytes = (object_b.len() * 2) as u64;
+    assert_eq!(
+        store.namespace_usage("tenant-b").await.expect("usage"),
+        (2, b_bytes)
+    );
+    assert_eq!(
+        a.namespace_usage("tenant-a").await.expect("usage"),
+        (1, object_a.len() as u64)
+    );
+    assert_eq!(store.delete_namespace("tenant-b").await.expect("delete"), 2);
+    assert_eq!(
+        store.namespace_usage("tenant-b").await.expect("usage"),
+        (0, 0)
+    );
+    assert_eq!(b.get(Kind::Result, &key).await.expect("get"), None);
+    assert!(a.get(Kind::Result, &key).await.expect("get").is_some());
+    assert!(store.get(Kind::Result, &key).await.expect("get").is_some());
+    assert_eq!(store.delete_namespace("tenant-b").await.expect("again"), 0);
+    assert!(matches!(store.scoped("r"), Err(RemoteError::Config { .. })));
+    assert!(matches!(
+        store.delete_namespace("../x").await,
+        Err(RemoteError::Config { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_scoped_cluster_ranks_the_same_and_shares_health() {
+    let (live, members) = memory_members(3);
+    let cluster = Cluster::new("c".into(), members, 2).expect("cluster");
+    let scoped = cluster.scoped("t").expect("scoped");
+    let keys: Vec<Digest> = (0..20u32)
+        .map(|seed| Digest::of(&seed.to_le_bytes()))
+        .collect();
+    for key in &keys {
+        scoped
+            .put(Kind::Result, key, encoded(Kind::Result, key, 64))
+            .await
+            .expect("put");
+    }
+    for key in &keys {
+        let ranking = cluster.ranking(Kind::Result, key);
+        for (position, index) in ranking.iter().enumerate() {
+            let view = live[*index].scoped("t").expect("scoped");
+            let held = view.get(Kind::Result, key).await.expect("get").is_some();
+            assert_eq!(held, position < 2, "copies on the first two of the ranking");
+            assert!(live[*index]
+                .get(Kind::Result, key)
+                .await
+                .expect("get")
+                .is_none());
+        }
+    }
+    let object_len = encoded(Kind::Result, &keys[0], 64).len() as u64;
+    assert_eq!(
+        cluster.namespace_usage("t").await.expect("usage"),
+        (40, 40 * object_len),
+        "each copy counts"
+    );
+    assert_eq!(cluster.delete_namespace("t").await.expect("delete"), 40);
+    assert!(scoped
+        .get(Kind::Result, &keys[0])
+        .await
+        .expect("get")
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_disk_tier_keeps_namespaces_in_subdirectories() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let disk = Arc::new(DiskStore::open(dir.path(), DiskConfig::default()).expect("disk"));
+    let tier = DiskTier::new("disk".into(), disk);
+    let key = Digest::of(b"k");
+    let a = tier.scoped("a").expect("scoped");
+    let b = tier.scoped("b").expect("scoped");
+    let object = encoded(Kind::Result, &key, 300);
+    a.put(Kind::Result, &key, object.clone())
+        .await
+        .expect("put");
+    tier.put(Kind::Result, &key, object.clone())
+        .await
+        .expect("put");
+    assert_eq!(b.get(Kind::Result, &key).await.expect("get"), None);
+    assert!(dir.path().join("namespaces/a").is_dir());
+    let (objects, bytes) = tier.namespace_usage("a").await.expect("usage");
+    assert_eq!(objects, 1);
+    assert!(bytes >= object.len() as u64, "{bytes}");
+    assert_eq!(tier.namespace_usage("b").await.expect("usage"), (0, 0));
+    assert_eq!(tier.delete_namespace("a").await.expect("delete"), 1);
+    assert!(!dir.path().join("namespaces/a").exists());
+    assert_eq!(a.get(Kind::Result, &key).await.expect("get"), None);
+    assert!(tier.get(Kind::Result, &key).await.expect("get").is_some());
+    assert_eq!(tier.delete_namespace("b").await.expect("nothing"), 0);
+}
+
+#[tokio::test]
+async fn namespace_calls_to_a_black_hole_end_at_the_listing_deadline() {
+    let (address, _server) = black_hole().await;
+    let mut config = remote_config(redis_at(address), 300);
+    config.options.list_timeout_ms = 400;
+    let store = OpendalStore::open(&config).expect("store");
+    let started = Instant::now();
+    let error = store.delete_namespace("t").await.expect_err("no answer");
+    assert!(error.is_timeout(), "{error}");
+    let error = store.namespace_usage("t").await.expect_err("no answer");
+    assert!(error.is_timeout(), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        started.elapsed()
+    );
 }

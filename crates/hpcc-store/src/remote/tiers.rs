@@ -1,12 +1,15 @@
 //! [`Tiers`]: the remote stores behind the local cache, asked fastest first.
 //!
 //! A lookup asks each tier in order, skipping those in their cooldown, and takes the first
-//! object that passes [`Verified::check`]; an object that fails is counted as corrupt for its
-//! tier, deleted there, and the lookup goes on to the next tier. A hit in a slower tier is
+//! object that passes [`Verified::check`]; the caller copies it into the disk store as it is
+//! ([`crate::DiskStore::put_verified`]: no second decode). An object that fails the check
+//! (flipped, truncated, stored under another key or kind) is counted as corrupt for its tier and
+//! deleted there in the background, and the lookup goes on to the next tier; a miss everywhere is
+//! an ordinary miss, and the recompiled entry replaces the bad object. A hit in a slower tier is
 //! queued for writing to the faster writable ones (backfill).
 //!
 //! Writes never make a compile wait: they go to a bounded queue ([`UPLOAD_QUEUE_ENTRIES`],
-//! [`UPLOAD_QUEUE_BYTES`]) that one task drains, a few objects at a time; when it is full the
+//! [`UPLOAD_QUEUE_BYTES`]) that one task drains, eight objects at a time; when it is full the
 //! write is dropped and counted. [`Tiers::flush`] drains it before the daemon exits.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -32,6 +32,7 @@ fn config(dir: &Path) -> String {
             routing_public_key = "AAAA"
             state_dir = "{dir}/state"
             agent = "/nonexistent/hpcc-agent"
+            runtime = "sandbox"
             "#,
             dir = dir.display()
         ),
@@ -130,7 +131,9 @@ fn a_source_that_is_not_retained_or_an_absent_image_is_an_error() {
 
     // Kept, but the image is not in the worker's store.
     let store = SourceStore::open(&dir.path().join("state/sources"), 1 << 20).expect("open");
-    store.put(&Digest::of(source), source).expect("put");
+    store
+        .put(&row(source).tenant, &Digest::of(source), source, None)
+        .expect("put");
     let output = worker(&["audit-verify", "--config", &config, &line]);
     refused(&output, "is not present on this worker");
 
