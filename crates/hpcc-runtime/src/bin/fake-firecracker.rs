@@ -51,6 +51,17 @@
 //! is to run anywhere. `FAKE_FIRECRACKER_REJECT="<path> <message>"` makes every `PUT <path>`
 //! fail with `400` and that `fault_message`, for testing how errors reach the runtime's caller.
 //!
+//! **Vsock gate.** `vhost-device-vsock` 0.3 stops for good when a host connection arrives
+//! after the guest's driver has given it guest memory but before its queues are ready (its
+//! event handler returns `QueueNotReady` and vhost-user-backend ends the event thread); every
+//! later `CONNECT` is then accepted by the kernel and never answered. The runtime dials the
+//! agent in a loop from the moment the VM starts, as it must with Firecracker, and so hit that
+//! window now and then (one start in a CI run; with the loop's pause cut from 50 ms to 0.2 ms,
+//! three boots in eight). So the backend binds a hidden `<uds_path>.pending`, the double copies the
+//! guest's console to its standard output, and renames the socket to `uds_path` once the
+//! console shows the agent listening: until then a dial finds no socket and retries, as it
+//! would with a Firecracker whose guest is not yet up.
+//!
 //! It logs every request to standard error and exits when QEMU exits or on SIGTERM/SIGINT.
 //! Its children get `SIGKILL` as their parent-death signal, so they end with it even when it
 //! is killed with `SIGKILL` itself (as the runtime's `stop` does): like the real Firecracker,
@@ -757,6 +768,12 @@ async fn launch(instance: &Instance, tools: &Tools, api_socket: &Path) -> anyhow
     let kernel = resolve(&boot.kernel_image_path)?;
     let initrd = boot.initrd_path.as_deref().map(resolve).transpose()?;
     let uds_path = resolve(&vsock.uds_path)?;
+    // The backend binds a hidden name; `gate_vsock` gives the socket its real one once the
+    // guest's agent listens (see the module docs, "vsock gate").
+    let mut pending_name = uds_path.file_name().unwrap_or_default().to_owned();
+    pending_name.push(".pending");
+    let pending_uds = uds_path.with_file_name(pending_name);
+    let _ = std::fs::remove_file(&pending_uds);
     let vhost_socket = api_socket.with_file_name("fake-firecracker-vhost.sock");
     let _ = std::fs::remove_file(&vhost_socket);
     let mut guest = Guest::default();
@@ -767,7 +784,10 @@ async fn launch(instance: &Instance, tools: &Tools, api_socket: &Path) -> anyhow
         .arg("--socket")
         .arg(&vhost_socket)
         .arg("--uds-path")
-        .arg(&uds_path)
+        .arg(&pending_uds)
+        // Its warnings (refused or malformed connections) go to the double's standard
+        // error, which is the session's firecracker.log.
+        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true);
@@ -814,13 +834,68 @@ async fn launch(instance: &Instance, tools: &Tools, api_socket: &Path) -> anyhow
         memory_mib: instance.machine.mem_size_mib,
         accel: Accel::Tcg,
     });
-    qemu.stdin(Stdio::null()).kill_on_drop(true);
+    qemu.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
     hpcc_runtime::kill_with_parent(&mut qemu);
-    guest.children.push(
-        qemu.spawn()
-            .with_context(|| format!("starting {}", tools.qemu.display()))?,
-    );
+    let mut qemu = qemu
+        .spawn()
+        .with_context(|| format!("starting {}", tools.qemu.display()))?;
+    let console = qemu
+        .stdout
+        .take()
+        .context("QEMU's standard output")?
+        .into_owned_fd()
+        .context("QEMU's standard output")?;
+    gate_vsock(std::fs::File::from(console), pending_uds, uds_path);
+    guest.children.push(qemu);
     Ok(guest)
+}
+
+/// What the agent prints once it listens on vsock (`hpcc-agent`'s `listen`).
+const AGENT_LISTENING: &[u8] = b"listening on vsock";
+
+/// Copies the guest's serial console from `console` to standard output and, once it shows
+/// the agent listening, renames the backend's socket `pending` to the `uds_path` the API was
+/// given (a renamed Unix socket keeps accepting connections). On a thread of its own, which
+/// ends when QEMU closes its output.
+fn gate_vsock(mut console: std::fs::File, pending: PathBuf, uds_path: PathBuf) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        // The end of what was read before, so a marker split across reads is still found.
+        let mut carry: Vec<u8> = Vec::new();
+        let mut open = false;
+        loop {
+            let read = match console.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            };
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(&buffer[..read]);
+            let _ = stdout.flush();
+            drop(stdout);
+            if open {
+                continue;
+            }
+            carry.extend_from_slice(&buffer[..read]);
+            if carry
+                .windows(AGENT_LISTENING.len())
+                .any(|window| window == AGENT_LISTENING)
+            {
+                if let Err(error) = std::fs::rename(&pending, &uds_path) {
+                    eprintln!(
+                        "fake-firecracker: renaming {} to {}: {error}",
+                        pending.display(),
+                        uds_path.display()
+                    );
+                }
+                open = true;
+            }
+            let keep = carry.len().saturating_sub(AGENT_LISTENING.len());
+            carry.drain(..keep);
+        }
+    });
 }
 
 fn respond(status: StatusCode, body: Option<serde_json::Value>) -> Response<Full<Bytes>> {
@@ -1050,22 +1125,32 @@ async fn run() -> anyhow::Result<()> {
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
-                let mut next_guest = std::pin::pin!(guests.recv());
-                // Only one guest is ever launched, so once it is here the branch stays off.
-                let mut connection = std::pin::pin!(connection);
-                // A launch hands its guest over while the connection is still open, so both
-                // are polled.
-                loop {
-                    tokio::select! {
-                        served = &mut connection => {
-                            if let Err(error) = served {
-                                eprintln!("fake-firecracker: connection: {error}");
+                {
+                    let mut next_guest = std::pin::pin!(guests.recv());
+                    // Only one guest is ever launched, so once it is here the branch stays off.
+                    let mut connection = std::pin::pin!(connection);
+                    // A launch hands its guest over while the connection is still open, so both
+                    // are polled.
+                    loop {
+                        tokio::select! {
+                            served = &mut connection => {
+                                if let Err(error) = served {
+                                    eprintln!("fake-firecracker: connection: {error}");
+                                }
+                                break;
                             }
-                            break;
+                            Some(started) = &mut next_guest, if guest.is_none() => {
+                                guest = Some(started);
+                            }
                         }
-                        Some(started) = &mut next_guest, if guest.is_none() => {
-                            guest = Some(started);
-                        }
+                    }
+                }
+                // Both may have been ready at once, and `select!` picks at random: a guest
+                // left in the channel would never be watched, so its QEMU's death (an OOM
+                // kill) would not end the double.
+                if guest.is_none() {
+                    if let Ok(started) = guests.try_recv() {
+                        guest = Some(started);
                     }
                 }
             }

@@ -1016,8 +1016,9 @@ impl FirecrackerRuntime {
                         "waiting {} s for the guest's agent",
                         self.config.guest.boot_timeout.as_secs()
                     ))(io::Error::other(format!(
-                        "{error}; console: {}",
-                        super::tail(&session.dir.join("console.log"), 2000)
+                        "{error}; console: {}; firecracker.log: {}",
+                        super::tail(&session.dir.join("console.log"), 2000),
+                        super::tail(&session.dir.join("firecracker.log"), 2000)
                     ))));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

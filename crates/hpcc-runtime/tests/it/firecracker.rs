@@ -740,6 +740,12 @@ fn jail_cgroup_stops_a_guest_filling_memory() -> TestResult {
             .await
             .map_err(|error| error_chain(&error))?;
         let id = session.id().to_owned();
+        let memory = format!("/sys/fs/cgroup/memory/hpcc/{id}");
+        println!(
+            "{id}: {} MiB after boot, peak {} MiB",
+            harness::mib(&format!("{memory}/memory.usage_in_bytes")),
+            harness::mib(&format!("{memory}/memory.max_usage_in_bytes"))
+        );
         // The guest works until it fills its memory.
         let ready = harness::shell(session.as_ref(), "echo ready").await;
         if ready.as_deref().map(str::trim) != Ok("ready") {
@@ -771,6 +777,12 @@ fn jail_cgroup_stops_a_guest_filling_memory() -> TestResult {
             tokio::time::sleep(Duration::from_millis(50)).await;
             alive = session.is_alive();
         }
+        // What is still in the jail's cgroup, for the failure message.
+        let remaining = if alive {
+            cgroup_processes(&format!("{memory}/cgroup.procs"))
+        } else {
+            String::new()
+        };
         let stopped = session.stop().await.map_err(|error| error_chain(&error));
         let outcome =
             job.map_err(|_| format!("{id}: the job neither ended nor failed in 10 minutes"))?;
@@ -785,11 +797,39 @@ fn jail_cgroup_stops_a_guest_filling_memory() -> TestResult {
         ensure(kills >= 1, || {
             format!("the cgroup counted no OOM kill: {oom}")
         })?;
-        ensure(!alive, || format!("{id} still reports itself alive"))?;
+        ensure(!alive, || {
+            format!(
+                "{id} still reports itself alive, with in its cgroup: {remaining}; {oom}; {} MiB",
+                harness::mib(&format!("{memory}/memory.usage_in_bytes"))
+            )
+        })?;
         stopped?;
         ensure(
             !Path::new(&format!("/sys/fs/cgroup/memory/hpcc/{id}")).exists(),
             || format!("the cgroup of {id} is left"),
         )
     })
+}
+
+/// The processes listed in a cgroup's `procs` file: pid, name, state and kernel wait channel.
+fn cgroup_processes(procs: &str) -> String {
+    std::fs::read_to_string(procs)
+        .unwrap_or_default()
+        .lines()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+            // `pid (comm) state …`: the name may hold spaces, the state follows its `)`.
+            let state = stat.rsplit_once(')').map_or("", |(_, rest)| rest.trim());
+            let name = stat
+                .split_once('(')
+                .and_then(|(_, rest)| rest.rsplit_once(')'))
+                .map_or("", |(name, _)| name);
+            format!(
+                "{pid} {name} {} {wchan}",
+                state.split(' ').next().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

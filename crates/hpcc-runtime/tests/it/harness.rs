@@ -183,3 +183,12 @@ pub fn oom_kills(oom_control: &str) -> u64 {
         .and_then(|count| count.trim().parse::<u64>().ok())
         .unwrap_or(0)
 }
+
+/// A cgroup v1 byte counter at `path`, in MiB (0 when absent).
+pub fn mib(path: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|bytes| bytes.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        >> 20
+}
