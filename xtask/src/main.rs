@@ -12,7 +12,8 @@ mod tidy;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-usage: cargo xtask tidy    check the rules of CONTRIBUTING.md (also run by `cargo test -p xtask`)";
+usage: cargo xtask tidy               check the rules of CONTRIBUTING.md (also run by `cargo test -p xtask`)
+       cargo xtask config-reference   write docs/CONFIG.md from the config types";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         .as_slice()
     {
         ["tidy"] => run_tidy(),
+        ["config-reference"] => write_config_reference(),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -30,6 +32,21 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes `docs/CONFIG.md`, the reference hpcc-core's test compares with the config types.
+fn write_config_reference() -> ExitCode {
+    let path = tidy::repo_root().join("docs/CONFIG.md");
+    match std::fs::write(&path, hpcc_core::config::reference::markdown()) {
+        Ok(()) => {
+            println!("wrote {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("writing {}: {error}", path.display());
+            ExitCode::FAILURE
         }
     }
 }

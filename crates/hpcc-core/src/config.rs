@@ -24,9 +24,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod farm;
+pub mod reference;
 mod remote;
 mod service;
 
@@ -45,7 +47,7 @@ pub use service::{
 pub const NON_KEY_VARIABLES: &[&str] = &["HPCC_CONFIG", "HPCC_LOG", "HPCC_CLIENT_SECRET"];
 
 /// How keys are computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Key from source, arguments and compiler; a manifest lists the headers and their digests.
@@ -56,7 +58,7 @@ pub enum Mode {
 }
 
 /// How cache entries are compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
     /// Stored as is.
@@ -69,7 +71,7 @@ pub enum Compression {
 }
 
 /// How the wrapper reaches the local daemon.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Transport {
     /// A Unix domain socket (mode 0600) in the user's runtime directory.
@@ -80,7 +82,7 @@ pub enum Transport {
 }
 
 /// The `[daemon]` table: the local daemon that serves hits from memory-held state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// Use a running daemon (`false`: every compile is served in-process).
@@ -161,6 +163,23 @@ impl fmt::Display for ByteSize {
     }
 }
 
+impl JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["integer", "string"],
+            "format": "byte-size",
+        })
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}
+
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.to_string())
@@ -184,7 +203,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 /// hpcc's settings. `Default` gives the values used when neither file nor environment says
 /// anything.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The local cache directory. `None` means the platform cache dir (`~/.cache/hpcc`).

@@ -253,6 +253,14 @@ pub enum LoginError {
     /// The HTTP client could not be set up.
     #[error("setting up the HTTP client")]
     Client(#[source] reqwest::Error),
+    /// The IdP's CA file (`remote_compile.idp_ca`) could not be read or holds no certificate.
+    #[error("remote_compile.idp_ca {}: {why}", path.display())]
+    IdpCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The token request failed on the way (connection, TLS, timeout).
     #[error("token request to {url}")]
     Http {
@@ -792,6 +800,7 @@ pub async fn request_token(
     provider: &Provider,
     grant: &Grant,
     insecure_plaintext: bool,
+    idp_ca: Option<&Path>,
 ) -> Result<CachedToken, LoginError> {
     let url = token_url(&provider.token_endpoint, insecure_plaintext)?;
     let fields = form_fields(grant, provider);
@@ -800,12 +809,14 @@ pub async fn request_token(
         .find(|(name, _)| *name == "client_id")
         .map_or("", |(_, value)| *value)
         .to_owned();
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(CALL_TIMEOUT)
         .connect_timeout(CALL_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(LoginError::Client)?;
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(path) = idp_ca {
+        builder = builder.tls_certs_merge(idp_certificates(path)?);
+    }
+    let client = builder.build().map_err(LoginError::Client)?;
     let http_error = |source| LoginError::Http {
         url: provider.token_endpoint.clone(),
         source,
@@ -851,6 +862,22 @@ pub async fn request_token(
     )
 }
 
+/// The certificates of the PEM file `path` (`remote_compile.idp_ca`), trusted besides the
+/// system's roots.
+fn idp_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, LoginError> {
+    let failed = |why: String| LoginError::IdpCa {
+        path: path.to_owned(),
+        why,
+    };
+    let pem = std::fs::read(path).map_err(|error| failed(error.to_string()))?;
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| failed(error.to_string()))?;
+    if certificates.is_empty() {
+        return Err(failed("no PEM certificate in it".into()));
+    }
+    Ok(certificates)
+}
+
 /// `hpcc login`: asks the scheduler of `config` for its tenant's IdP, gets a token with
 /// `grant` and caches it in `dir`; returns the token and its file.
 pub async fn login(
@@ -866,6 +893,7 @@ pub async fn login(
         &provider,
         grant,
         config.insecure_plaintext,
+        config.idp_ca.as_deref(),
     )
     .await?;
     let path = store_token_in(dir, &token).map_err(LoginError::Cache)?;
@@ -880,6 +908,7 @@ pub async fn refresh_in(
     dir: &Path,
     tenant: &str,
     insecure_plaintext: bool,
+    idp_ca: Option<&Path>,
     now: u64,
 ) -> Result<String, TokenError> {
     let cached = read_token_in(dir, tenant)?;
@@ -904,7 +933,7 @@ pub async fn refresh_in(
         tenant: tenant.to_owned(),
         source: Box::new(source),
     };
-    let mut fresh = request_token(tenant, &provider, &grant, insecure_plaintext)
+    let mut fresh = request_token(tenant, &provider, &grant, insecure_plaintext, idp_ca)
         .await
         .map_err(failed)?;
     // An IdP that does not rotate refresh tokens sends none: the old one stays good.
@@ -922,6 +951,7 @@ pub async fn refresh(config: &RemoteCompileConfig) -> Result<String, TokenError>
         &tokens_dir()?,
         &config.tenant_id,
         config.insecure_plaintext,
+        config.idp_ca.as_deref(),
         unix_now(),
     )
     .await

@@ -19,6 +19,8 @@
 //!   is flattened once however many jobs ask for it at once ([`flight`]).
 //! - [`import`]: OCI layout directories and docker-archives, for air-gapped sites.
 //! - [`pull`]: registries, through `oci-client`.
+//! - [`pack`]: the other way, a root file system directory packed as an OCI layout
+//!   (`hpcc-worker make-image`), which is how toolchain images are made.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -48,11 +50,13 @@ pub mod flatten;
 pub mod flight;
 pub mod import;
 pub mod oci;
+pub mod pack;
 pub mod pull;
 pub mod store;
 
 pub use digest::{BlobDigest, DigestError, ImageDigest};
 pub use flatten::{Compression, FlattenError, FlattenLimits, FlattenSummary, Flattener};
 pub use import::ImportError;
+pub use pack::{pack_rootfs, PackError, Packed};
 pub use pull::{PullError, PullOptions, RegistryAuth};
 pub use store::{ImageStore, Layer, Limits, StoreError};

@@ -32,6 +32,14 @@ pub enum JwksError {
         /// What happened.
         message: String,
     },
+    /// The tenant's `idp_ca` file could not be read or holds no certificate.
+    #[error("idp_ca {}: {message}", path.display())]
+    Ca {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The document is not a JWKS.
     #[error("{uri} is not a JWKS: {message}")]
     Parse {
@@ -64,6 +72,34 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
+    /// A cache for the keys at `uri` fetched over HTTPS trusting the system's roots and the
+    /// CA certificates of the PEM file `idp_ca` (nothing fetched yet).
+    pub fn with_ca(uri: String, idp_ca: Option<&std::path::Path>) -> Result<JwksCache, JwksError> {
+        let Some(path) = idp_ca else {
+            return Ok(JwksCache::new(uri));
+        };
+        let failed = |message: String| JwksError::Ca {
+            path: path.to_owned(),
+            message,
+        };
+        let pem = std::fs::read(path).map_err(|error| failed(error.to_string()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|error| failed(error.to_string()))?;
+        if certificates.is_empty() {
+            return Err(failed("no PEM certificate in it".into()));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .tls_certs_merge(certificates)
+            .build()
+            .map_err(|error| failed(hpcc_core::report::chain(&error)))?;
+        Ok(JwksCache {
+            uri,
+            client,
+            cached: Mutex::new(None),
+        })
+    }
+
     /// A cache for the keys at `uri` (nothing fetched yet).
     pub fn new(uri: String) -> JwksCache {
         JwksCache {

@@ -111,27 +111,31 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler for `config`, with its routing key and the workers' secret already read.
+    /// A scheduler for `config`, with its routing key and the workers' secret already read;
+    /// an error if a tenant's `idp_ca` cannot be used.
     pub fn new(
         config: &SchedulerConfig,
         routing_key: RoutingKey,
         worker_secret: Vec<u8>,
-    ) -> Scheduler {
+    ) -> Result<Scheduler, JwksError> {
         let tenants = config
             .tenants
             .iter()
             .map(|tenant| {
-                (
+                Ok((
                     tenant.id.clone(),
                     Tenant {
                         config: tenant.clone(),
-                        jwks: JwksCache::new(tenant.jwks_uri.clone()),
+                        jwks: JwksCache::with_ca(
+                            tenant.jwks_uri.clone(),
+                            tenant.idp_ca.as_deref(),
+                        )?,
                         policy: policy_of(config, tenant),
                     },
-                )
+                ))
             })
-            .collect();
-        Scheduler {
+            .collect::<Result<_, JwksError>>()?;
+        Ok(Scheduler {
             tenants,
             registry: Mutex::new(
                 Registry::new(Duration::from_secs(config.worker_expiry_secs)).with_stale_after(
@@ -142,7 +146,7 @@ impl Scheduler {
             routing_ttl: config.routing_ttl_secs,
             worker_secret: worker_secret.trim_ascii().to_vec(),
             heartbeat_interval_ms: config.heartbeat_interval_ms,
-        }
+        })
     }
 
     fn tenant(&self, tenant_id: &str) -> Result<&Tenant, SchedulerError> {

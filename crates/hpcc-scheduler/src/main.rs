@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use hpcc_auth::RoutingKey;
+use hpcc_core::cli::{pem_blocks, Checklist};
 use hpcc_core::config::SchedulerConfig;
 use hpcc_scheduler::service::SchedulerService;
 use hpcc_scheduler::Scheduler;
@@ -82,13 +83,9 @@ fn check_config(path: &Path) -> Result<()> {
         path.display(),
         config.tenants.len()
     );
-    let mut problems: Vec<String> = Vec::new();
-    let mut check = |what: String, result: Result<String>| match result {
-        Ok(fine) => println!("ok: {what}: {fine}"),
-        Err(error) => {
-            println!("PROBLEM: {what}: {error:#}");
-            problems.push(what);
-        }
+    let mut list = Checklist::new();
+    let mut check = |what: String, outcome: Result<String>| {
+        list.check(what, outcome.map_err(|error| format!("{error:#}")));
     };
     check(
         format!("routing_key {}", config.routing_key.display()),
@@ -110,13 +107,15 @@ fn check_config(path: &Path) -> Result<()> {
         Some(tls) => {
             check(
                 format!("tls.cert {}", tls.cert.display()),
-                pem_blocks(&tls.cert, "certificate", |tag| tag == "CERTIFICATE"),
+                pem_blocks(&tls.cert, "certificate", |tag| tag == "CERTIFICATE")
+                    .map_err(anyhow::Error::msg),
             );
             check(
                 format!("tls.key {}", tls.key.display()),
                 pem_blocks(&tls.key, "certificate key", |tag| {
                     tag.ends_with("PRIVATE KEY")
-                }),
+                })
+                .map_err(anyhow::Error::msg),
             );
         }
         None => println!("ok: insecure_plaintext: no TLS (loopback and tests only)"),
@@ -126,34 +125,21 @@ fn check_config(path: &Path) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     for tenant in &config.tenants {
-        let jwks = hpcc_scheduler::jwks::JwksCache::new(tenant.jwks_uri.clone());
+        let jwks = hpcc_scheduler::jwks::JwksCache::with_ca(
+            tenant.jwks_uri.clone(),
+            tenant.idp_ca.as_deref(),
+        );
         check(
             format!("tenant {:?} jwks_uri {}", tenant.id, tenant.jwks_uri),
-            runtime
-                .block_on(jwks.check())
-                .map(|keys| format!("{keys} key(s)"))
-                .map_err(anyhow::Error::from),
+            jwks.map_err(anyhow::Error::from).and_then(|jwks| {
+                runtime
+                    .block_on(jwks.check())
+                    .map(|keys| format!("{keys} key(s)"))
+                    .map_err(anyhow::Error::from)
+            }),
         );
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        bail!("{} problem(s): {}", problems.len(), problems.join("; "))
-    }
-}
-
-/// The PEM blocks of `path` of which at least one is what `wanted` accepts.
-fn pem_blocks(path: &Path, what: &str, wanted: impl Fn(&str) -> bool) -> Result<String> {
-    let text = read(path, what)?;
-    let blocks = pem::parse_many(text.as_bytes()).context("not PEM")?;
-    let matching = blocks.iter().filter(|block| wanted(block.tag())).count();
-    if matching == 0 {
-        bail!(
-            "no {what} in it (blocks: {:?})",
-            blocks.iter().map(pem::Pem::tag).collect::<Vec<_>>()
-        );
-    }
-    Ok(format!("{matching} {what} block(s)"))
+    list.finish().map_err(anyhow::Error::msg)
 }
 
 /// Prints the public half of the key in `path`, as `keygen` did when it made it.
@@ -181,7 +167,7 @@ fn serve(config_path: &Path) -> Result<()> {
             config.worker_secret_file.display()
         );
     }
-    let scheduler = Arc::new(Scheduler::new(&config, key, secret.into_bytes()));
+    let scheduler = Arc::new(Scheduler::new(&config, key, secret.into_bytes())?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

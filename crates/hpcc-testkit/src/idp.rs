@@ -6,10 +6,11 @@
 //! (rotated on use); it issues JWTs with its issuer, the audience `hpcc`, `sub` and `exp`, and
 //! refuses wrong credentials with HTTP 400/401 and `{"error", "error_description"}`.
 //! The validation code under test is the production one; only the IdP is a stand-in, since
-//! no real IdP (Keycloak, Okta, Auth0) can run here.
+//! no real IdP (Keycloak, Okta, Auth0) can run here. [`Idp::start_tls`] serves it over HTTPS
+//! with a certificate from a CA of its own ([`Idp::ca_pem`]), as an IdP with a private CA.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +37,11 @@ struct Accounts {
     forms: Vec<Vec<(String, String)>>,
 }
 
+/// What a connection is, plain or TLS.
+trait ReadWrite: Read + Write {}
+
+impl<T: Read + Write> ReadWrite for T {}
+
 /// The IdP; it stops when dropped.
 pub struct Idp {
     /// Its signing key.
@@ -45,6 +51,9 @@ pub struct Idp {
     requests: Arc<AtomicUsize>,
     accounts: Arc<Mutex<Accounts>>,
     stop: Arc<AtomicBool>,
+    /// `https` with a CA of its own, else `http`.
+    scheme: &'static str,
+    ca_pem: Option<String>,
 }
 
 struct Reply {
@@ -60,7 +69,7 @@ fn refusal(status: &'static str, error: &str, description: &str) -> Reply {
 }
 
 /// Reads one HTTP/1.1 request: head, then a body of `Content-Length` bytes.
-fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+fn read_request(stream: &mut dyn ReadWrite) -> Option<(String, Vec<u8>)> {
     let mut data = Vec::new();
     let mut buffer = [0u8; 4096];
     let head_end = loop {
@@ -198,8 +207,28 @@ pub fn now() -> u64 {
 }
 
 impl Idp {
-    /// Starts an IdP whose key is named after `name`.
+    /// Starts an IdP whose key is named after `name`, over HTTP.
     pub fn start(name: &str) -> Result<Idp, String> {
+        Idp::start_with(name, None)
+    }
+
+    /// Starts an IdP whose key is named after `name`, over HTTPS with a certificate from a
+    /// throwaway CA of its own ([`Idp::ca_pem`]).
+    pub fn start_tls(name: &str) -> Result<Idp, String> {
+        Idp::start_with(name, Some(crate::pki::Pki::new(name)?))
+    }
+
+    /// The PEM certificate of the CA its HTTPS certificate chains to (HTTPS only).
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    fn start_with(name: &str, pki: Option<crate::pki::Pki>) -> Result<Idp, String> {
+        let tls = pki
+            .as_ref()
+            .map(crate::pki::Pki::server_config)
+            .transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let key = Arc::new(IdpKey::generate(&format!("{name}-k1")).map_err(|e| e.to_string())?);
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -223,47 +252,65 @@ impl Idp {
                 Arc::clone(&stop),
                 Arc::clone(&key),
             );
-            let issuer = format!("http://{address}");
+            let issuer = format!("{scheme}://{address}");
             std::thread::spawn(move || {
                 // A backstop for a test that leaks its IdP; dropping it stops the thread.
                 let deadline = std::time::Instant::now() + Duration::from_secs(3600);
                 while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                    let Ok((mut stream, _)) = listener.accept() else {
+                    let Ok((stream, _)) = listener.accept() else {
                         std::thread::sleep(Duration::from_millis(5));
                         continue;
                     };
                     let _ = stream.set_nonblocking(false);
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                    let Some((head, body)) = read_request(&mut stream) else {
-                        continue;
+                    let serve = |stream: &mut dyn ReadWrite| {
+                        let Some((head, body)) = read_request(stream) else {
+                            return;
+                        };
+                        let reply = if head.starts_with("GET /jwks") {
+                            requests.fetch_add(1, Ordering::Relaxed);
+                            Reply {
+                                status: "200 OK",
+                                body: jwks.lock().map(|jwks| jwks.clone()).unwrap_or_default(),
+                            }
+                        } else if head.starts_with("POST /token ") {
+                            let form: Vec<(String, String)> = form_urlencoded::parse(&body)
+                                .map(|(name, value)| (name.into_owned(), value.into_owned()))
+                                .collect();
+                            match accounts.lock() {
+                                Ok(mut accounts) => token(&form, &mut accounts, &key, &issuer),
+                                Err(_) => {
+                                    refusal("500 Internal Server Error", "server_error", "lock")
+                                }
+                            }
+                        } else {
+                            Reply {
+                                status: "200 OK",
+                                body: String::from("{}"),
+                            }
+                        };
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                            reply.status,
+                            reply.body.len(),
+                            reply.body
+                        );
+                        let _ = stream.flush();
                     };
-                    let reply = if head.starts_with("GET /jwks") {
-                        requests.fetch_add(1, Ordering::Relaxed);
-                        Reply {
-                            status: "200 OK",
-                            body: jwks.lock().map(|jwks| jwks.clone()).unwrap_or_default(),
+                    match &tls {
+                        Some(config) => {
+                            let Ok(connection) = rustls::ServerConnection::new(Arc::clone(config))
+                            else {
+                                continue;
+                            };
+                            let mut stream = rustls::StreamOwned::new(connection, stream);
+                            serve(&mut stream);
+                            stream.conn.send_close_notify();
+                            let _ = stream.flush();
                         }
-                    } else if head.starts_with("POST /token ") {
-                        let form: Vec<(String, String)> = form_urlencoded::parse(&body)
-                            .map(|(name, value)| (name.into_owned(), value.into_owned()))
-                            .collect();
-                        match accounts.lock() {
-                            Ok(mut accounts) => token(&form, &mut accounts, &key, &issuer),
-                            Err(_) => refusal("500 Internal Server Error", "server_error", "lock"),
-                        }
-                    } else {
-                        Reply {
-                            status: "200 OK",
-                            body: String::from("{}"),
-                        }
-                    };
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                        reply.status,
-                        reply.body.len(),
-                        reply.body
-                    );
+                        None => serve(&mut { stream }),
+                    }
                 }
             });
         }
@@ -274,22 +321,24 @@ impl Idp {
             requests,
             accounts,
             stop,
+            scheme,
+            ca_pem: pki.map(|pki| pki.ca_pem),
         })
     }
 
     /// Its issuer (`iss`).
     pub fn issuer(&self) -> String {
-        format!("http://{}", self.address)
+        format!("{}://{}", self.scheme, self.address)
     }
 
     /// Where its JWKS is.
     pub fn jwks_uri(&self) -> String {
-        format!("http://{}/jwks", self.address)
+        format!("{}://{}/jwks", self.scheme, self.address)
     }
 
     /// Its OAuth2 token endpoint.
     pub fn token_uri(&self) -> String {
-        format!("http://{}/token", self.address)
+        format!("{}://{}/token", self.scheme, self.address)
     }
 
     /// How many times its JWKS was fetched.

@@ -6,7 +6,8 @@
 //! - `local` (feature `runtime`): `local::LocalRuntime`, an in-process `Runtime` running the
 //!   real agent, so the worker is tested unprivileged.
 //! - `idp` (feature `idp`): `idp::Idp`, a stand-in identity provider on loopback (JWKS and
-//!   an OAuth2 token endpoint) minting real tokens, for the scheduler and end-to-end tests.
+//!   an OAuth2 token endpoint) minting real tokens, for the scheduler and end-to-end tests,
+//!   over HTTP or HTTPS; `pki::Pki`, a throwaway CA and a certificate for loopback.
 #![deny(missing_docs)]
 
 pub mod harness;
@@ -14,6 +15,8 @@ pub mod harness;
 pub mod idp;
 #[cfg(feature = "runtime")]
 pub mod local;
+#[cfg(feature = "idp")]
+pub mod pki;
 
 #[cfg(feature = "runtime")]
 pub use local::LocalRuntime;

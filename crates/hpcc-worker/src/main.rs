@@ -40,6 +40,8 @@ use hpcc_worker::verify::{Verdict, Verifier};
 use hpcc_worker::{StoreRootfs, Worker, WorkerSettings};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+mod check;
+
 fn main() -> ExitCode {
     // A server logs what it does at `info` (and warnings: a job refused for a broken image, a
     // store gone) unless `HPCC_LOG` says otherwise.
@@ -64,6 +66,8 @@ fn main() -> ExitCode {
             }
         },
         Command::AuditVerify { config, rows } => audit_verify(&config, &rows),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::MakeImage { source, out } => make_image(&source, &out),
         Command::Status { config } => status(&config),
         Command::Tenants { config } => retention(&config, None),
         Command::DeleteTenant {
@@ -76,6 +80,13 @@ fn main() -> ExitCode {
 
 const USAGE: &str = "\
 usage: hpcc-worker --config FILE                         serve compiles
+       hpcc-worker make-image --rootfs DIR --out LAYOUT  pack a root file system as an OCI
+                                                         layout; prints the image digest
+       hpcc-worker make-image --debootstrap SUITE [--include PKG,...] [--mirror URL] --out LAYOUT
+                                                         the same, from a debootstrap run
+       hpcc-worker check-config FILE                     check FILE and what it points at
+                                                         (certificates, secret, key, agent,
+                                                         directories, images, runtime)
        hpcc-worker audit-verify --config FILE ROW        re-run one audit row (a TSV line)
        hpcc-worker audit-verify --config FILE --log LOG [--line N]
                                                          re-run line N of LOG, or every row
@@ -96,6 +107,10 @@ enum Command {
     Serve { config: PathBuf },
     /// Re-run audit rows.
     AuditVerify { config: PathBuf, rows: Rows },
+    /// Check a config file and what it names.
+    CheckConfig { config: PathBuf },
+    /// Make a toolchain image.
+    MakeImage { source: ImageSource, out: PathBuf },
     /// Show the serving worker's status file.
     Status { config: PathBuf },
     /// List each tenant's data.
@@ -105,6 +120,19 @@ enum Command {
         config: PathBuf,
         tenant: String,
         namespaces: Vec<String>,
+    },
+}
+
+/// Where `make-image` gets its root file system.
+#[derive(Debug, PartialEq, Eq)]
+enum ImageSource {
+    /// A directory.
+    Rootfs(PathBuf),
+    /// A `debootstrap --variant=minbase` run.
+    Debootstrap {
+        suite: String,
+        include: Option<String>,
+        mirror: Option<String>,
     },
 }
 
@@ -121,6 +149,21 @@ enum Rows {
 fn parse_args(args: Vec<OsString>) -> Result<Command, String> {
     let mut args = args.into_iter();
     let first = args.next();
+    if first.as_deref() == Some("make-image".as_ref()) {
+        return parse_make_image(args.collect());
+    }
+    if first.as_deref() == Some("check-config".as_ref()) {
+        let rest: Vec<OsString> = args.collect();
+        return match rest.as_slice() {
+            [file] if !file.as_encoded_bytes().starts_with(b"--") => Ok(Command::CheckConfig {
+                config: PathBuf::from(file),
+            }),
+            [flag, file] if flag == "--config" => Ok(Command::CheckConfig {
+                config: PathBuf::from(file),
+            }),
+            _ => Err("check-config needs one FILE".into()),
+        };
+    }
     let verify = first.as_deref() == Some("audit-verify".as_ref());
     let show_status = first.as_deref() == Some("status".as_ref());
     let tenants = first.as_deref() == Some("tenants".as_ref());
@@ -200,6 +243,128 @@ fn parse_args(args: Vec<OsString>) -> Result<Command, String> {
         (Some(_), _, _) => return Err("give either a ROW or --log FILE, not both".into()),
     };
     Ok(Command::AuditVerify { config, rows })
+}
+
+/// The arguments of `make-image`.
+fn parse_make_image(args: Vec<OsString>) -> Result<Command, String> {
+    let (mut rootfs, mut suite, mut include, mut mirror, mut out) = (None, None, None, None, None);
+    let mut words = args.into_iter();
+    while let Some(word) = words.next() {
+        let mut value = |name: &str| words.next().ok_or_else(|| format!("{name} needs a value"));
+        let text = |value: OsString, name: &str| {
+            value
+                .into_string()
+                .map_err(|value| format!("{name} {value:?} is not UTF-8"))
+        };
+        match word.to_str() {
+            Some("--rootfs") => rootfs = Some(PathBuf::from(value("--rootfs")?)),
+            Some("--out") => out = Some(PathBuf::from(value("--out")?)),
+            Some("--debootstrap") => suite = Some(text(value("--debootstrap")?, "--debootstrap")?),
+            Some("--include") => include = Some(text(value("--include")?, "--include")?),
+            Some("--mirror") => mirror = Some(text(value("--mirror")?, "--mirror")?),
+            _ => return Err(format!("make-image: unexpected argument {word:?}")),
+        }
+    }
+    let out = out.ok_or("make-image needs --out LAYOUT")?;
+    let source = match (rootfs, suite) {
+        (Some(rootfs), None) if include.is_none() && mirror.is_none() => {
+            ImageSource::Rootfs(rootfs)
+        }
+        (None, Some(suite)) => ImageSource::Debootstrap {
+            suite,
+            include,
+            mirror,
+        },
+        (Some(_), None) => return Err("--include and --mirror go with --debootstrap".into()),
+        _ => return Err("make-image needs one of --rootfs DIR and --debootstrap SUITE".into()),
+    };
+    Ok(Command::MakeImage { source, out })
+}
+
+/// `hpcc-worker make-image`: packs the root file system (a directory, or what debootstrap
+/// makes in a temporary one) as an OCI layout and prints the image's digest on stdout.
+fn make_image(source: &ImageSource, out: &Path) -> ExitCode {
+    let run = || -> Result<hpcc_image::Packed> {
+        let scratch;
+        let rootfs = match source {
+            ImageSource::Rootfs(dir) => dir.clone(),
+            ImageSource::Debootstrap {
+                suite,
+                include,
+                mirror,
+            } => {
+                let parent = out
+                    .parent()
+                    .filter(|parent| !parent.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                scratch = tempfile::Builder::new()
+                    .prefix(".hpcc-debootstrap-")
+                    .tempdir_in(parent)
+                    .with_context(|| format!("a scratch directory in {}", parent.display()))?;
+                let root = scratch.path().join("root");
+                let mut command = std::process::Command::new("debootstrap");
+                command.arg("--variant=minbase");
+                if let Some(include) = include {
+                    command.arg(format!("--include={include}"));
+                }
+                command.arg(suite).arg(&root);
+                if let Some(mirror) = mirror {
+                    command.arg(mirror);
+                }
+                eprintln!("hpcc-worker: running debootstrap {suite} (a minute or more)");
+                let output = command
+                    .output()
+                    .context("running debootstrap (apt-get install debootstrap)")?;
+                if !output.status.success() {
+                    let log = String::from_utf8_lossy(&output.stdout);
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    bail!(
+                        "debootstrap failed ({}): {}",
+                        output.status,
+                        tail.join(" | ")
+                    );
+                }
+                root
+            }
+        };
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        Ok(hpcc_image::pack_rootfs(&rootfs, out, architecture)?)
+    };
+    match run() {
+        Ok(packed) => {
+            eprintln!(
+                "hpcc-worker: packed {} entries ({} bytes) into {}{}",
+                packed.entries,
+                packed.layer_bytes,
+                out.display(),
+                if packed.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; left out {} device node(s), FIFO(s) or socket(s): {}",
+                        packed.skipped.len(),
+                        packed
+                            .skipped
+                            .iter()
+                            .take(5)
+                            .map(|path| path.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            );
+            println!("{}", packed.digest);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("hpcc-worker: make-image: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn read(path: &Path, what: &str) -> Result<String> {
@@ -435,6 +600,33 @@ fn load_rows(rows: &Rows) -> Result<Vec<(String, Result<AuditRow, String>)>> {
                 .into_iter()
                 .map(|(number, line)| (format!("{}:{number}: ", path.display()), parse(line)))
                 .collect())
+        }
+    }
+}
+
+/// `hpcc-worker check-config FILE`: exit 0 when every check passes, 1 when one does not
+/// (each printed), 2 when the file itself cannot be read or parsed.
+fn check_config(path: &Path) -> ExitCode {
+    let config = match read(path, "config file")
+        .and_then(|text| WorkerConfig::parse(path, &text).map_err(anyhow::Error::from))
+    {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("hpcc-worker: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "{}: parsed, worker {:?}, runtime {}",
+        path.display(),
+        config.id,
+        config.runtime.as_str()
+    );
+    match check::check_config(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problems) => {
+            eprintln!("hpcc-worker: {}: {problems}", path.display());
+            ExitCode::FAILURE
         }
     }
 }
@@ -946,6 +1138,66 @@ mod tests {
             Ok(Command::Status { config: config() }),
         );
         check(&["status"], Err("--config FILE is required"));
+        for args in [
+            &["check-config", "w.toml"][..],
+            &["check-config", "--config", "w.toml"],
+        ] {
+            check(args, Ok(Command::CheckConfig { config: config() }));
+        }
+        check(&["check-config"], Err("needs one FILE"));
+        check(
+            &["make-image", "--rootfs", "r", "--out", "o"],
+            Ok(Command::MakeImage {
+                source: ImageSource::Rootfs("r".into()),
+                out: "o".into(),
+            }),
+        );
+        check(
+            &[
+                "make-image",
+                "--debootstrap",
+                "bookworm",
+                "--include",
+                "gcc",
+                "--out",
+                "o",
+            ],
+            Ok(Command::MakeImage {
+                source: ImageSource::Debootstrap {
+                    suite: "bookworm".into(),
+                    include: Some("gcc".into()),
+                    mirror: None,
+                },
+                out: "o".into(),
+            }),
+        );
+        check(&["make-image", "--rootfs", "r"], Err("needs --out"));
+        check(&["make-image", "--out", "o"], Err("one of --rootfs"));
+        check(
+            &[
+                "make-image",
+                "--rootfs",
+                "r",
+                "--debootstrap",
+                "b",
+                "--out",
+                "o",
+            ],
+            Err("one of --rootfs"),
+        );
+        check(
+            &[
+                "make-image",
+                "--rootfs",
+                "r",
+                "--include",
+                "gcc",
+                "--out",
+                "o",
+            ],
+            Err("go with --debootstrap"),
+        );
+        check(&["check-config", "a", "b"], Err("needs one FILE"));
         check(
             &["tenants", "--config", "w.toml"],
             Ok(Command::Tenants { config: config() }),

@@ -2,6 +2,7 @@
 //! scheduler and the toolchain image; the tenant's identity provider is asked of the
 //! scheduler (`hpcc login`), never configured here.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::service::is_image_digest;
@@ -15,7 +16,7 @@ fn default_route_patience() -> u64 {
 }
 
 /// Where compiles go when they miss the cache.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteCompileConfig {
     /// The tenant this user belongs to.
@@ -26,6 +27,10 @@ pub struct RemoteCompileConfig {
     /// the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler_ca: Option<std::path::PathBuf>,
+    /// A PEM file of the CA certificates the tenant's IdP's HTTPS certificate chains to,
+    /// trusted by `hpcc login` (and token refreshes) besides the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_ca: Option<std::path::PathBuf>,
     /// Plaintext to the scheduler and the workers: loopback tests only.
     #[serde(default)]
     pub insecure_plaintext: bool,
@@ -96,6 +101,7 @@ mod tests {
             tenant_id: "acme".into(),
             scheduler: "https://scheduler.example:7000".into(),
             scheduler_ca: None,
+            idp_ca: None,
             insecure_plaintext: false,
             image: format!("sha256:{}", "a".repeat(64)),
             timeout_secs: 300,

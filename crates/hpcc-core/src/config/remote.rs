@@ -11,12 +11,13 @@
 //! that failed sits out 30 s. Credentials for S3, GCS and Azure come from their standard chains,
 //! never from this file.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::ByteSize;
 
 /// One remote store, in lookup order (the first table is asked first).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct RemoteConfig {
     /// What every store has.
     #[serde(flatten)]
@@ -27,7 +28,7 @@ pub struct RemoteConfig {
 }
 
 /// The keys every remote store has.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RemoteOptions {
     /// The store's name in statistics and messages, and its identity in a cluster's hashing
@@ -85,7 +86,7 @@ fn default_replicas() -> u32 {
 }
 
 /// Which store a `[[remote]]` table names, by its `type` key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Backend {
     /// An S3-compatible bucket (AWS S3, MinIO, R2, GCS's S3 API). Credentials come from the

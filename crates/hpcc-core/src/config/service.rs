@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{ByteSize, RemoteConfig};
 
 /// TLS of a gRPC server: its certificate chain and key (PEM files).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The certificate chain, PEM.
@@ -18,7 +19,7 @@ pub struct TlsFiles {
 }
 
 /// One tenant: its identity provider and the images it may compile with.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// The tenant id clients configure.
@@ -27,6 +28,11 @@ pub struct TenantConfig {
     pub issuer: String,
     /// Where the tenant's signing keys are published (JWKS, fetched over HTTPS).
     pub jwks_uri: String,
+    /// A PEM file of the CA certificates the IdP's HTTPS certificate chains to, trusted for
+    /// the JWKS fetch besides the system's roots (an IdP with a private CA). Clients set
+    /// their own `idp_ca` in `[remote_compile]` for `hpcc login`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_ca: Option<PathBuf>,
     /// The OAuth2 token endpoint `hpcc login` uses.
     pub token_endpoint: String,
     /// The audience (`aud`) tokens must carry.
@@ -49,7 +55,7 @@ pub struct TenantConfig {
 
 /// A tenant's limits on each worker, sent to the workers in its routing tokens. An absent
 /// key is no limit beyond the worker's own.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantQuota {
     /// Jobs running or waiting on one worker; more are refused (the client compiles
@@ -72,7 +78,7 @@ pub struct TenantQuota {
 /// Tenants that share one storage namespace (`[[sharing_groups]]`): their worker cache keys
 /// are the group's, so one's compile is another's hit. Off unless configured; audit rows
 /// still name the tenant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SharingGroup {
     /// The group's name (its namespace is `group-<name>`).
@@ -119,7 +125,7 @@ fn default_worker_expiry() -> u64 {
 }
 
 /// The scheduler's file (`hpcc-scheduler --config FILE`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
     /// `host:port` to listen on.
@@ -263,7 +269,7 @@ fn default_audit_source_retention() -> u64 {
 }
 
 /// The worker's file (`hpcc-worker --config FILE`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// This worker's id (routing tokens name it).
@@ -366,7 +372,7 @@ pub struct WorkerConfig {
 /// The worker's cache (`[cache]`): every object lives in its tenant's (or sharing group's)
 /// namespace, on local disk under `<state_dir>/cache/<namespace>` and in a bucket under
 /// `cache/<namespace>/`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerCacheConfig {
     /// Bytes the local disk tier holds over all namespaces; least recently used entries are
@@ -420,7 +426,7 @@ pub const PARANOID_MOVED: &str =
      `paranoid = true` in the scheduler's [[tenants]] table";
 
 /// Which isolation runtime a worker uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
     /// Linux namespaces, seccomp and a read-only root: not a kernel boundary (developer
@@ -449,7 +455,7 @@ impl RuntimeKind {
 }
 
 /// A microVM runtime's guest and VMM (the `[vm]` table).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// The guest kernel.
@@ -495,7 +501,7 @@ pub struct VmConfig {
 /// Firecracker's `jailer` (the `[vm.jailer]` table): each session's Firecracker runs chrooted
 /// in a jail of its own, as a uid of its own from a range, in a cgroup capping its memory,
 /// CPU and pids.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JailerSettings {
     /// The `jailer` binary (of the same version as `firecracker`).
@@ -543,7 +549,7 @@ fn default_jailer_uid_base() -> u32 {
 /// with `[vm.jailer]` Firecracker's own jailer confines it instead) runs in its own namespaces, `pivot_root`ed into a directory with
 /// only its files, as an unprivileged uid of its own, with no capabilities, a seccomp
 /// allow-list and a cgroup capping memory, CPU and pids. On by default; it needs root.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JailSettings {
     /// Whether VMMs are jailed.

@@ -1,7 +1,8 @@
 //! Every binary as an operator first meets it: `--help` and `--version` answer on stdout and
 //! exit 0, a wrong argument exits 2 naming it with the usage, and `hpcc-scheduler keygen`
 //! writes a key OpenSSL reads, never overwrites it, and prints its public half again; a worker
-//! refuses an agent that is not static; `hpcc-scheduler check-config` names every problem.
+//! refuses an agent that is not static; `hpcc-scheduler check-config` and `hpcc-worker
+//! check-config` name every problem.
 
 use std::process::{Command, Output};
 
@@ -244,6 +245,135 @@ fn scheduler_check_config_names_each_problem() -> TestResult {
     Ok(())
 }
 
+/// `hpcc-worker check-config` passes a good file (its state directory still to be made) and
+/// names each problem of a bad one, all in one run: an empty secret, a routing key that is
+/// not one, a CA file without a certificate, a dynamic agent, a state directory others can
+/// write, an image directory that is no OCI layout, a reference not pinned by digest, and a
+/// microVM whose kernel and QEMU are missing.
+fn worker_check_config_names_each_problem() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let key = hpcc_auth::RoutingKey::generate().map_err(|e| e.to_string())?;
+    std::fs::write(path("secret"), "s3cret\n").map_err(|e| e.to_string())?;
+    let agent = hpcc_runtime::testing::agent_binary()?;
+    std::fs::write(
+        path("good.toml"),
+        format!(
+            "id = \"w\"\nlisten = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
+             scheduler = \"http://127.0.0.1:1\"\nworker_secret_file = {:?}\n\
+             routing_public_key = \"{}\"\nstate_dir = {:?}\nagent = {:?}\n\
+             runtime = \"sandbox\"\n",
+            path("secret"),
+            key.public_base64(),
+            path("state/new"),
+            agent.display().to_string(),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let good = run("hpcc-worker", &["check-config", &path("good.toml")])?;
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    if !good.status.success() || !stdout.contains("ok: agent") || stdout.contains("PROBLEM") {
+        return Err(format!("a good config: {good:?}"));
+    }
+
+    std::fs::write(path("empty"), "\n").map_err(|e| e.to_string())?;
+    std::fs::write(path("not-a-cert.pem"), key.to_pem()).map_err(|e| e.to_string())?;
+    std::fs::create_dir(path("open")).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(path("open"), std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    std::fs::create_dir(path("not-a-layout")).map_err(|e| e.to_string())?;
+    std::fs::write(
+        path("bad.toml"),
+        format!(
+            "id = \"w\"\nlisten = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
+             scheduler = \"http://127.0.0.1:1\"\nworker_secret_file = {:?}\n\
+             routing_public_key = \"not-a-key\"\ntls_ca = {:?}\nstate_dir = {:?}\n\
+             agent = \"/bin/true\"\nimages = [{:?}]\npull = [\"r.example/x:latest\"]\n\
+             runtime = \"qemu\"\n[vm]\nkernel = {:?}\nqemu = {:?}\naccel = \"tcg\"\n",
+            path("empty"),
+            path("not-a-cert.pem"),
+            path("open"),
+            path("not-a-layout"),
+            path("no-kernel"),
+            path("no-qemu"),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let bad = run("hpcc-worker", &["check-config", &path("bad.toml")])?;
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    let problems: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("PROBLEM:"))
+        .collect();
+    let expected = [
+        "worker_secret_file",
+        "routing_public_key",
+        "tls_ca",
+        "agent /bin/true",
+        "state_dir",
+        "image ",
+        "pull r.example/x:latest",
+        "vm.kernel",
+        "vm.qemu",
+    ];
+    let unnamed: Vec<&&str> = expected
+        .iter()
+        .filter(|needle| !problems.iter().any(|line| line.contains(**needle)))
+        .collect();
+    if bad.status.code() != Some(1) || problems.len() != expected.len() || !unnamed.is_empty() {
+        return Err(format!(
+            "a bad config (unnamed: {unnamed:?}): {stdout}\n{}",
+            String::from_utf8_lossy(&bad.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// `hpcc-worker make-image --rootfs` packs a tree as an OCI layout, leaves out a FIFO saying
+/// so, and prints the digest the image store then imports it as; a worker config naming the
+/// layout passes `check-config`; an existing layout is not overwritten.
+fn make_image_prints_the_digest_a_worker_imports() -> TestResult {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("usr/bin")).map_err(|e| e.to_string())?;
+    std::fs::write(root.join("usr/bin/cc"), "#!/bin/sh\n").map_err(|e| e.to_string())?;
+    let fifo = Command::new("mkfifo")
+        .arg(root.join("pipe"))
+        .status()
+        .map_err(|e| format!("mkfifo: {e}"))?;
+    if !fifo.success() {
+        return Err("mkfifo failed".into());
+    }
+    let layout = dir.path().join("layout");
+    let (root_arg, layout_arg) = (root.display().to_string(), layout.display().to_string());
+    let made = run(
+        "hpcc-worker",
+        &["make-image", "--rootfs", &root_arg, "--out", &layout_arg],
+    )?;
+    let printed = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&made.stderr);
+    if !made.status.success() || !printed.starts_with("sha256:") || !stderr.contains("pipe") {
+        return Err(format!("make-image: {made:?}"));
+    }
+    let store = hpcc_image::ImageStore::open(dir.path().join("store"), Default::default())
+        .map_err(|e| e.to_string())?;
+    let imported = store.import_layout(&layout).map_err(|e| e.to_string())?;
+    if imported.to_string() != printed {
+        return Err(format!("printed {printed}, imported as {imported}"));
+    }
+    let again = run(
+        "hpcc-worker",
+        &["make-image", "--rootfs", &root_arg, "--out", &layout_arg],
+    )?;
+    if again.status.success() || !String::from_utf8_lossy(&again.stderr).contains("not empty") {
+        return Err(format!(
+            "an existing layout was packed into again: {again:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// The binaries' command-line tests.
 pub fn cases() -> Vec<Case> {
     const CARGO: &[Need] = &[Need::Cargo];
@@ -257,6 +387,16 @@ pub fn cases() -> Vec<Case> {
             "binaries::scheduler_check_config_names_each_problem",
             CARGO,
             scheduler_check_config_names_each_problem,
+        ),
+        (
+            "binaries::worker_check_config_names_each_problem",
+            CARGO,
+            worker_check_config_names_each_problem,
+        ),
+        (
+            "binaries::make_image_prints_the_digest_a_worker_imports",
+            CARGO,
+            make_image_prints_the_digest_a_worker_imports,
         ),
         (
             "binaries::a_worker_refuses_a_dynamic_agent",

@@ -148,11 +148,14 @@ impl Farmland {
         }
         let mut scheduler_config = config(vec![tenant_a, tenant_b]);
         scheduler_config.sharing_groups = spec.sharing_groups.clone();
-        let scheduler = Arc::new(Scheduler::new(
-            &scheduler_config,
-            RoutingKey::from_pem(&key.to_pem()).map_err(text)?,
-            SECRET.as_bytes().to_vec(),
-        ));
+        let scheduler = Arc::new(
+            Scheduler::new(
+                &scheduler_config,
+                RoutingKey::from_pem(&key.to_pem()).map_err(text)?,
+                SECRET.as_bytes().to_vec(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
         let agent = hpcc_runtime::testing::agent_binary()?;
         let mut dirs = Vec::new();
         let mut workers = Vec::new();

@@ -61,11 +61,14 @@ fn rig() -> Result<Rig, String> {
     let key = RoutingKey::generate().map_err(|e| e.to_string())?;
     let verifier =
         RoutingVerifier::from_public_base64(&key.public_base64()).map_err(|e| e.to_string())?;
-    let scheduler = Arc::new(Scheduler::new(
-        &config(vec![tenant("a", &idp_a), tenant("b", &idp_b)]),
-        key,
-        SECRET.as_bytes().to_vec(),
-    ));
+    let scheduler = Arc::new(
+        Scheduler::new(
+            &config(vec![tenant("a", &idp_a), tenant("b", &idp_b)]),
+            key,
+            SECRET.as_bytes().to_vec(),
+        )
+        .map_err(|e| e.to_string())?,
+    );
     let (scheduler_url, scheduler_stop) = serve(&runtime, Arc::clone(&scheduler))?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let worker = Arc::new(Worker::new(

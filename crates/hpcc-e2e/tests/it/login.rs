@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 
 use hpcc_auth::{RoutingKey, RoutingScope, RoutingVerifier};
+use hpcc_core::config::TenantConfig;
 use hpcc_daemon::login::{cached_token_in, read_token_in, refresh_in, TokenError};
 use hpcc_proto::scheduler::scheduler_client::SchedulerClient;
 use hpcc_proto::scheduler::{RegisterRequest, RouteRequest};
@@ -142,19 +143,24 @@ fn lossy(bytes: &[u8]) -> String {
 
 impl Land {
     fn new() -> Result<Land, String> {
+        Land::with_idp(Idp::start(TENANT)?, |_| {})
+    }
+
+    /// A land around `idp`, whose scheduler's tenant is changed by `adjust`.
+    fn with_idp(idp: Idp, adjust: impl FnOnce(&mut TenantConfig)) -> Result<Land, String> {
         // Built before anything starts: the first build may take a while.
         binaries()?;
         let runtime = tokio::runtime::Runtime::new().map_err(text)?;
-        let idp = Idp::start(TENANT)?;
         idp.add_user("alice", PASSWORD);
         idp.add_client(CLIENT, CLIENT_SECRET);
         let key = RoutingKey::generate().map_err(text)?;
         let routing = RoutingVerifier::from_public_base64(&key.public_base64()).map_err(text)?;
-        let scheduler = Arc::new(Scheduler::new(
-            &config(vec![tenant(TENANT, &idp)]),
-            key,
-            SECRET.as_bytes().to_vec(),
-        ));
+        let mut tenant = tenant(TENANT, &idp);
+        adjust(&mut tenant);
+        let scheduler = Arc::new(
+            Scheduler::new(&config(vec![tenant]), key, SECRET.as_bytes().to_vec())
+                .map_err(|e| e.to_string())?,
+        );
         let (scheduler_url, shutdown) = serve(&runtime, Arc::clone(&scheduler))?;
         let dir = tempfile::Builder::new()
             .prefix("hpcc-e2e-login-")
@@ -175,6 +181,29 @@ impl Land {
         format!(
             r#"{{ tenant_id = "{tenant_id}", scheduler = "{}", insecure_plaintext = true, image = "{IMAGE}" }}"#,
             self.scheduler_url
+        )
+    }
+
+    /// `[remote_compile]` for this land's tenant trusting the IdP's CA in `idp_ca`.
+    fn remote_compile_trusting(&self, idp_ca: &Path) -> String {
+        format!(
+            r#"{{ tenant_id = "{TENANT}", scheduler = "{}", insecure_plaintext = true, image = "{IMAGE}", idp_ca = "{}" }}"#,
+            self.scheduler_url,
+            idp_ca.display()
+        )
+    }
+
+    /// `hpcc login --user alice` with her password, under `remote_compile` if given.
+    fn login_alice(&self, remote_compile: Option<&str>) -> Result<Output, String> {
+        let env: &[(&str, Option<&str>)] = match remote_compile {
+            Some(_) => &[("HPCC_REMOTE_COMPILE", remote_compile)],
+            None => &[],
+        };
+        self.run(
+            "hpcc",
+            &["login", "--user", "alice"],
+            &format!("{PASSWORD}\n"),
+            env,
         )
     }
 
@@ -530,7 +559,7 @@ fn expired_tokens_are_refreshed() -> TestResult {
     land.idp.set_lifetime(600);
     let token = land
         .runtime
-        .block_on(refresh_in(&land.tokens_dir(), TENANT, true, now()))
+        .block_on(refresh_in(&land.tokens_dir(), TENANT, true, None, now()))
         .map_err(text)?;
     if field(&land.last_form(), "grant_type") != Some("refresh_token") {
         return Err(format!("not a refresh: {:?}", land.last_form()));
@@ -548,7 +577,7 @@ fn expired_tokens_are_refreshed() -> TestResult {
     // Valid now: no second request.
     let forms = land.idp.token_forms().len();
     land.runtime
-        .block_on(refresh_in(&land.tokens_dir(), TENANT, true, now()))
+        .block_on(refresh_in(&land.tokens_dir(), TENANT, true, None, now()))
         .map_err(text)?;
     if land.idp.token_forms().len() != forms {
         return Err("a valid token must not be refreshed".into());
@@ -593,6 +622,58 @@ fn configuration_and_tenant_names_are_checked() -> TestResult {
     Ok(())
 }
 
+/// An IdP whose HTTPS certificate comes from a private CA: `hpcc login` refuses it until the
+/// client's `remote_compile.idp_ca` names the CA, and the scheduler validates the tokens it
+/// issued only through the tenant's own `idp_ca` (without it, Route fails to fetch the keys).
+fn an_idp_with_a_private_ca_is_trusted_through_idp_ca() -> TestResult {
+    let idp = Idp::start_tls(TENANT)?;
+    let ca_pem = idp.ca_pem().ok_or("the HTTPS IdP has no CA")?.to_owned();
+    let ca_dir = tempfile::tempdir().map_err(text)?;
+    let ca_file = ca_dir.path().join("idp-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).map_err(text)?;
+    let scheduler_ca = ca_file.clone();
+    let land = Land::with_idp(idp, move |tenant| tenant.idp_ca = Some(scheduler_ca))?;
+
+    let untrusted = land.login_alice(None)?;
+    let refused = failed(&untrusted, "login to an IdP of an unknown CA")?;
+    contains(&refused, "token request to https://", "error")?;
+    contains(&refused, "UnknownIssuer", "error")?;
+    if land.token_file().exists() {
+        return Err("a refused login cached a token".into());
+    }
+
+    let login = land.login_alice(Some(&land.remote_compile_trusting(&ca_file)))?;
+    succeeded(&login, "hpcc login with remote_compile.idp_ca")?;
+    let token = cached_token_in(&land.tokens_dir(), TENANT, now()).map_err(text)?;
+    let sub = land.route(&token)?;
+    if sub != "alice" {
+        return Err(format!("routed as {sub:?}, not alice"));
+    }
+
+    let missing = land.remote_compile_trusting(&ca_dir.path().join("absent.pem"));
+    let unreadable = land.login_alice(Some(&missing))?;
+    contains(
+        &failed(&unreadable, "login with a missing idp_ca")?,
+        "remote_compile.idp_ca",
+        "error",
+    )?;
+
+    // The scheduler without the tenant's idp_ca cannot fetch the keys of that IdP.
+    let blind = Land::with_idp(Idp::start_tls(TENANT)?, |_| {})?;
+    let other_ca = blind.dir.path().join("ca.pem");
+    std::fs::write(&other_ca, blind.idp.ca_pem().unwrap_or_default()).map_err(text)?;
+    let login = blind.login_alice(Some(&blind.remote_compile_trusting(&other_ca)))?;
+    succeeded(&login, "hpcc login to the second IdP")?;
+    let token = cached_token_in(&blind.tokens_dir(), TENANT, now()).map_err(text)?;
+    match blind.route(&token) {
+        Ok(sub) => Err(format!(
+            "a scheduler without idp_ca validated a token of an IdP it cannot reach ({sub})"
+        )),
+        Err(error) if error.contains("Route refused") => Ok(()),
+        Err(error) => Err(format!("unexpected failure: {error}")),
+    }
+}
+
 /// The login tests.
 pub fn cases() -> Vec<Case> {
     const CARGO: &[Need] = &[Need::Cargo];
@@ -616,6 +697,11 @@ pub fn cases() -> Vec<Case> {
             "login::expired_tokens_are_refreshed",
             CARGO,
             expired_tokens_are_refreshed,
+        ),
+        (
+            "login::an_idp_with_a_private_ca_is_trusted_through_idp_ca",
+            CARGO,
+            an_idp_with_a_private_ca_is_trusted_through_idp_ca,
         ),
         (
             "login::configuration_and_tenant_names_are_checked",

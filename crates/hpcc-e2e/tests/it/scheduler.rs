@@ -28,6 +28,7 @@ pub fn tenant(id: &str, idp: &Idp) -> TenantConfig {
         id: id.into(),
         issuer: idp.issuer(),
         jwks_uri: idp.jwks_uri(),
+        idp_ca: None,
         token_endpoint: idp.token_uri(),
         audience: "hpcc".into(),
         client_id: "hpcc-cli".into(),
@@ -109,11 +110,14 @@ impl World {
         let idp_b = Idp::start("b")?;
         let key = RoutingKey::generate().map_err(|e| e.to_string())?;
         let signing = RoutingKey::from_pem(&key.to_pem()).map_err(|e| e.to_string())?;
-        let scheduler = Arc::new(Scheduler::new(
-            &config(vec![tenant("a", &idp_a), tenant("b", &idp_b)]),
-            signing,
-            SECRET.as_bytes().to_vec(),
-        ));
+        let scheduler = Arc::new(
+            Scheduler::new(
+                &config(vec![tenant("a", &idp_a), tenant("b", &idp_b)]),
+                signing,
+                SECRET.as_bytes().to_vec(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
         let (url, shutdown) = serve(&runtime, scheduler)?;
         let client = runtime.block_on(async {
             let channel = Endpoint::from_shared(url)
@@ -397,7 +401,8 @@ fn rotated_idp_keys_are_fetched_again() -> TestResult {
         &config(vec![tenant("a", &idp)]),
         key,
         SECRET.as_bytes().to_vec(),
-    );
+    )
+    .map_err(|e| e.to_string())?;
     scheduler
         .register(
             RegisterRequest {

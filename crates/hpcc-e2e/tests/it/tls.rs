@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hpcc_daemon::farm::{Farm, FarmConfig};
+use hpcc_testkit::pki::Pki;
 
 use crate::idp::Idp;
 use crate::scheduler::{now, user_token, SECRET};
@@ -14,33 +15,6 @@ use crate::{Case, Need, TestResult};
 
 fn text(error: impl std::fmt::Display) -> String {
     error.to_string()
-}
-
-/// A CA and a certificate it signed for `localhost` and 127.0.0.1.
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-fn new_pki() -> Result<Pki, String> {
-    let ca_key = rcgen::KeyPair::generate().map_err(text)?;
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(text)?;
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "hpcc test CA");
-    let ca_cert = ca.self_signed(&ca_key).map_err(text)?;
-    let key = rcgen::KeyPair::generate().map_err(text)?;
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).map_err(text)?;
-    params.subject_alt_names.push(rcgen::SanType::IpAddress(
-        std::net::Ipv4Addr::LOCALHOST.into(),
-    ));
-    let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(text)?;
-    Ok(Pki {
-        ca_pem: ca_cert.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
 }
 
 fn free_port() -> Result<u16, String> {
@@ -96,7 +70,7 @@ fn farm_over_tls() -> TestResult {
         std::fs::write(&path, body).map_err(text)?;
         Ok(path)
     };
-    let pki = new_pki()?;
+    let pki = Pki::new("farm")?;
     let ca = file("ca.pem", &pki.ca_pem)?;
     let cert = file("server.pem", &pki.cert_pem)?;
     let key = file("server.key", &pki.key_pem)?;
@@ -182,7 +156,7 @@ fn farm_over_tls() -> TestResult {
         ));
     }
     // Another CA: the handshake fails, nothing is routed or compiled.
-    let stranger = new_pki()?;
+    let stranger = Pki::new("stranger")?;
     let untrusting = farm(&runtime, &url, Some(stranger.ca_pem), &image)?;
     if runtime
         .block_on(untrusting.compile(request(), &token))
