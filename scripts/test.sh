@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests use (clang,
-# ccache, cmake, redis-server, memcached, debootstrap, docker-registry, openssl, QEMU, e2fsprogs;
+# ccache, cmake, redis-server, memcached, debootstrap, docker-registry, openssl, systemd's
+# systemd-analyze, QEMU, e2fsprogs;
 # gcc/g++/make if missing; moto's S3 server from PyPI; vhost-device-vsock from crates.io),
 # then
 # formatting, lints, unit and integration tests. The tests start and stop the servers
@@ -12,7 +13,8 @@ cd "$repo"
 packages=()
 for tool in gcc:gcc g++:g++ make:make clang:clang ccache:ccache cmake:cmake \
     redis-server:redis-server redis-cli:redis-tools memcached:memcached \
-    debootstrap:debootstrap docker-registry:docker-registry openssl:openssl; do
+    debootstrap:debootstrap docker-registry:docker-registry openssl:openssl \
+    systemd-analyze:systemd; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || packages+=("${tool#*:}")
 done
 # Installed without their recommendations: QEMU's would be a desktop's worth of GUI libraries.

@@ -374,6 +374,76 @@ fn make_image_prints_the_digest_a_worker_imports() -> TestResult {
     Ok(())
 }
 
+/// The shipped systemd units of the scheduler and the worker pass `systemd-analyze verify`
+/// (with their binaries, and the `check-config` each runs first, at the built paths) and are
+/// hardened: `systemd-analyze security` rates the scheduler's exposure at most 2.0 and the
+/// root worker's at most 6.5, and the worker keeps only the capabilities it documents.
+fn systemd_units_verify_and_are_hardened() -> TestResult {
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/systemd");
+    let bin = crate::login::binaries()?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    for (unit, ceiling) in [
+        ("hpcc-scheduler.service", 2.0),
+        ("hpcc-worker.service", 6.5),
+    ] {
+        let text = std::fs::read_to_string(units.join(unit)).map_err(|e| format!("{unit}: {e}"))?;
+        let local = dir.path().join(unit);
+        std::fs::write(
+            &local,
+            text.replace("/usr/local/bin/", &format!("{}/", bin.display())),
+        )
+        .map_err(|e| e.to_string())?;
+        let local_arg = local.display().to_string();
+        let verify = Command::new("systemd-analyze")
+            .args(["verify", &local_arg])
+            .output()
+            .map_err(|e| format!("systemd-analyze: {e}"))?;
+        let complaints = String::from_utf8_lossy(&verify.stderr);
+        if !verify.status.success() || complaints.contains(unit) {
+            return Err(format!("systemd-analyze verify {unit}: {complaints}"));
+        }
+        let security = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", &local_arg])
+            .output()
+            .map_err(|e| format!("systemd-analyze: {e}"))?;
+        let report = String::from_utf8_lossy(&security.stdout);
+        let exposure = report
+            .lines()
+            .find_map(|line| {
+                line.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")
+            })
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse::<f64>().ok())
+            .ok_or_else(|| format!("no exposure level for {unit}: {report}"))?;
+        if exposure > ceiling {
+            return Err(format!(
+                "{unit}: exposure {exposure} over {ceiling}:\n{report}"
+            ));
+        }
+    }
+    let worker =
+        std::fs::read_to_string(units.join("hpcc-worker.service")).map_err(|e| e.to_string())?;
+    let bounding = worker
+        .lines()
+        .find_map(|line| line.strip_prefix("CapabilityBoundingSet="))
+        .ok_or("the worker unit has no CapabilityBoundingSet")?;
+    let comments: String = worker
+        .lines()
+        .filter(|line| line.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some(unexplained) = bounding
+        .split_whitespace()
+        .find(|kept| !comments.contains(kept))
+    {
+        return Err(format!(
+            "the worker unit keeps {unexplained} without saying why"
+        ));
+    }
+    Ok(())
+}
+
 /// The binaries' command-line tests.
 pub fn cases() -> Vec<Case> {
     const CARGO: &[Need] = &[Need::Cargo];
@@ -397,6 +467,11 @@ pub fn cases() -> Vec<Case> {
             "binaries::make_image_prints_the_digest_a_worker_imports",
             CARGO,
             make_image_prints_the_digest_a_worker_imports,
+        ),
+        (
+            "binaries::systemd_units_verify_and_are_hardened",
+            &[Need::Cargo, Need::SystemdAnalyze],
+            systemd_units_verify_and_are_hardened,
         ),
         (
             "binaries::a_worker_refuses_a_dynamic_agent",

@@ -86,6 +86,8 @@ pub enum Need {
     Redis,
     /// moto's S3 server (`python3 -m moto.server`).
     S3,
+    /// `systemd-analyze` (Debian's `systemd`), to check the units in `dist/systemd`.
+    SystemdAnalyze,
 }
 
 fn on_path(program: &str) -> bool {
@@ -139,6 +141,11 @@ fn missing(needs: &[Need]) -> Option<String> {
             Need::Redis => {
                 if !on_path("redis-server") || !on_path("redis-cli") {
                     return Some("redis-server or redis-cli not installed".into());
+                }
+            }
+            Need::SystemdAnalyze => {
+                if !on_path("systemd-analyze") {
+                    return Some("systemd-analyze (package systemd) not installed".into());
                 }
             }
             Need::S3 => {
