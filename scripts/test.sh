@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests use (clang,
 # ccache, cmake, redis-server, memcached, debootstrap, docker-registry, openssl, systemd's
-# systemd-analyze, QEMU, e2fsprogs;
+# systemd-analyze, prometheus, QEMU, e2fsprogs;
 # gcc/g++/make if missing; moto's S3 server from PyPI; vhost-device-vsock from crates.io),
 # then
 # formatting, lints, unit and integration tests. The tests start and stop the servers
@@ -14,7 +14,7 @@ packages=()
 for tool in gcc:gcc g++:g++ make:make clang:clang ccache:ccache cmake:cmake \
     redis-server:redis-server redis-cli:redis-tools memcached:memcached \
     debootstrap:debootstrap docker-registry:docker-registry openssl:openssl \
-    systemd-analyze:systemd; do
+    systemd-analyze:systemd prometheus:prometheus; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || packages+=("${tool#*:}")
 done
 # Installed without their recommendations: QEMU's would be a desktop's worth of GUI libraries.
@@ -26,7 +26,7 @@ if ((${#packages[@]} + ${#bare_packages[@]})); then
     sudo_cmd=""; [[ $(id -u) -eq 0 ]] || sudo_cmd="sudo"
     echo "installing: ${packages[*]} ${bare_packages[*]}"
     $sudo_cmd apt-get update -qq
-    # policy-rc.d 101: packages (redis, memcached, docker-registry) must not start their own
+    # policy-rc.d 101: packages (redis, memcached, docker-registry, prometheus) must not start their own
     # services; the tests start every server they need on loopback and stop it.
     printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee /usr/sbin/policy-rc.d >/dev/null
     $sudo_cmd chmod +x /usr/sbin/policy-rc.d

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod jwks;
+pub mod metrics;
 pub mod registry;
 pub mod service;
 
@@ -30,6 +31,7 @@ use hpcc_proto::scheduler::{
 };
 
 use crate::jwks::{JwksCache, JwksError};
+use crate::metrics::{RouteLabels, SchedulerMetrics, StateLabels, TokenLabels};
 use crate::registry::Registry;
 
 /// Why a request was refused. Messages name the tenant, image or worker, never a token.
@@ -108,6 +110,7 @@ pub struct Scheduler {
     routing_ttl: u64,
     worker_secret: Vec<u8>,
     heartbeat_interval_ms: u64,
+    metrics: SchedulerMetrics,
 }
 
 impl Scheduler {
@@ -146,7 +149,26 @@ impl Scheduler {
             routing_ttl: config.routing_ttl_secs,
             worker_secret: worker_secret.trim_ascii().to_vec(),
             heartbeat_interval_ms: config.heartbeat_interval_ms,
+            metrics: SchedulerMetrics::default(),
         })
+    }
+
+    /// The scheduler's metrics, registered in a new registry.
+    pub fn metrics_registry(&self) -> hpcc_metrics::Registry {
+        let mut registry = hpcc_metrics::Registry::default();
+        self.metrics.register(&mut registry);
+        registry
+    }
+
+    /// Sets the gauges read at scrape time (the workers by state) for `now`.
+    pub fn refresh_metrics(&self, now: u64) {
+        let (live, stale) = self.registry().counts(now);
+        for (state, count) in [("live", live), ("stale", stale)] {
+            self.metrics
+                .workers
+                .get_or_create(&StateLabels { state })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     fn tenant(&self, tenant_id: &str) -> Result<&Tenant, SchedulerError> {
@@ -204,63 +226,92 @@ impl Scheduler {
         avoid: &[String],
         now: u64,
     ) -> Result<RouteReply, SchedulerError> {
-        let tenant = self.tenant(tenant_id)?;
-        let token = bearer.ok_or(SchedulerError::NoToken)?;
-        let user = tenant
-            .jwks
-            .validate(token, &tenant.config.issuer, &tenant.config.audience, now)
-            .await
-            .map_err(|error| match error {
-                jwks::ValidateError::Token(source) => SchedulerError::Token {
+        let started = std::time::Instant::now();
+        let reply = async {
+            let tenant = self.tenant(tenant_id)?;
+            let token = bearer.ok_or(SchedulerError::NoToken)?;
+            let user = tenant
+                .jwks
+                .validate(token, &tenant.config.issuer, &tenant.config.audience, now)
+                .await
+                .map_err(|error| match error {
+                    jwks::ValidateError::Token(source) => SchedulerError::Token {
+                        tenant: tenant_id.to_owned(),
+                        source,
+                    },
+                    jwks::ValidateError::Fetch(source) => SchedulerError::Jwks {
+                        tenant: tenant_id.to_owned(),
+                        source,
+                    },
+                })?;
+            if !tenant
+                .config
+                .allowed_images
+                .iter()
+                .any(|allowed| allowed == image)
+            {
+                return Err(SchedulerError::ImageNotAllowed {
                     tenant: tenant_id.to_owned(),
-                    source,
-                },
-                jwks::ValidateError::Fetch(source) => SchedulerError::Jwks {
-                    tenant: tenant_id.to_owned(),
-                    source,
-                },
-            })?;
-        if !tenant
-            .config
-            .allowed_images
-            .iter()
-            .any(|allowed| allowed == image)
-        {
-            return Err(SchedulerError::ImageNotAllowed {
+                    image: image.to_owned(),
+                });
+            }
+            if tenant.policy.paranoid && !paranoid_client {
+                return Err(SchedulerError::NotParanoid(tenant_id.to_owned()));
+            }
+            let worker = self
+                .registry()
+                .place(image, tenant_id, avoid, now)
+                .ok_or_else(|| SchedulerError::NoWorker(image.to_owned()))?;
+            let claims = RoutingClaims {
+                iss: hpcc_auth::routing::ROUTING_ISSUER.into(),
                 tenant: tenant_id.to_owned(),
                 image: image.to_owned(),
-            });
+                worker: worker.id.clone(),
+                sub: user.sub,
+                iat: now,
+                exp: now + self.routing_ttl,
+                policy: tenant.policy.clone(),
+            };
+            let routing_token = self
+                .routing_key
+                .sign(&claims)
+                .map_err(SchedulerError::Signing)?;
+            Ok(RouteReply {
+                worker_id: worker.id,
+                address: worker.address,
+                tls_ca_pem: worker.tls_ca_pem,
+                tls_server_name: worker.tls_server_name,
+                routing_token,
+                expires_unix: claims.exp,
+                paranoid: tenant.policy.paranoid,
+            })
         }
-        if tenant.policy.paranoid && !paranoid_client {
-            return Err(SchedulerError::NotParanoid(tenant_id.to_owned()));
-        }
-        let worker = self
-            .registry()
-            .place(image, tenant_id, avoid, now)
-            .ok_or_else(|| SchedulerError::NoWorker(image.to_owned()))?;
-        let claims = RoutingClaims {
-            iss: hpcc_auth::routing::ROUTING_ISSUER.into(),
-            tenant: tenant_id.to_owned(),
-            image: image.to_owned(),
-            worker: worker.id.clone(),
-            sub: user.sub,
-            iat: now,
-            exp: now + self.routing_ttl,
-            policy: tenant.policy.clone(),
+        .await;
+        let tenant = if self.tenants.contains_key(tenant_id) {
+            tenant_id
+        } else {
+            "unknown"
         };
-        let routing_token = self
-            .routing_key
-            .sign(&claims)
-            .map_err(SchedulerError::Signing)?;
-        Ok(RouteReply {
-            worker_id: worker.id,
-            address: worker.address,
-            tls_ca_pem: worker.tls_ca_pem,
-            tls_server_name: worker.tls_server_name,
-            routing_token,
-            expires_unix: claims.exp,
-            paranoid: tenant.policy.paranoid,
-        })
+        self.metrics
+            .routes
+            .get_or_create(&RouteLabels {
+                tenant: tenant.to_owned(),
+                result: metrics::result_of(&reply.as_ref().map(|_| ())),
+            })
+            .inc();
+        if let Err(SchedulerError::Token { source, .. }) = &reply {
+            self.metrics
+                .refused_tokens
+                .get_or_create(&TokenLabels {
+                    tenant: tenant.to_owned(),
+                    reason: metrics::token_reason(source),
+                })
+                .inc();
+        }
+        self.metrics
+            .route_seconds
+            .observe(started.elapsed().as_secs_f64());
+        reply
     }
 
     fn check_secret(&self, worker: &str, secret: Option<&str>) -> Result<(), SchedulerError> {
@@ -282,14 +333,25 @@ impl Scheduler {
         secret: Option<&str>,
         now: u64,
     ) -> Result<RegisterReply, SchedulerError> {
-        self.check_secret(&request.worker_id, secret)?;
+        let registered = |result: &'static str| {
+            self.metrics
+                .registrations
+                .get_or_create(&StateLabels { state: result })
+                .inc();
+        };
+        if let Err(error) = self.check_secret(&request.worker_id, secret) {
+            registered("bad_secret");
+            return Err(error);
+        }
         if request.worker_id.is_empty() || request.address.is_empty() || request.capacity == 0 {
+            registered("malformed");
             return Err(SchedulerError::BadWorker {
                 worker: request.worker_id,
                 message: "needs an id, an address and a capacity above 0".into(),
             });
         }
         self.registry().register(request, now);
+        registered("accepted");
         Ok(RegisterReply {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
         })

@@ -197,13 +197,28 @@ fn serve(config_path: &Path) -> Result<()> {
                 "plaintext"
             }
         );
-        server
+        let metrics_listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+            .await
+            .with_context(|| format!("metrics_listen {}", config.metrics_listen))?;
+        eprintln!(
+            "hpcc-scheduler metrics on http://{}/metrics",
+            metrics_listener.local_addr()?
+        );
+        let refreshed = Arc::clone(&scheduler);
+        let metrics = hpcc_metrics::serve(
+            metrics_listener,
+            Arc::new(scheduler.metrics_registry()),
+            Arc::new(move || refreshed.refresh_metrics(hpcc_scheduler::service::now())),
+        );
+        let served = server
             .add_service(SchedulerService::server(scheduler))
             .serve_with_incoming_shutdown(tokio_stream_from(listener), async {
                 let _ = shutdown_signal().await;
-            })
-            .await
-            .context("serving")
+            });
+        tokio::select! {
+            served = served => served.context("serving"),
+            () = metrics => bail!("the metrics endpoint stopped"),
+        }
     })
 }
 

@@ -116,6 +116,24 @@ impl Registry {
         }
     }
 
+    /// How many registered workers are live and how many stale at `now` (expired ones are
+    /// not counted: the next placement drops them).
+    pub fn counts(&self, now: u64) -> (usize, usize) {
+        let (expiry, stale_after) = (self.expiry.as_secs(), self.stale_after.as_secs().max(1));
+        let silent = |worker: &Worker| now.saturating_sub(worker.seen);
+        let live = self
+            .workers
+            .values()
+            .filter(|worker| silent(worker) <= stale_after)
+            .count();
+        let stale = self
+            .workers
+            .values()
+            .filter(|worker| (stale_after + 1..=expiry).contains(&silent(worker)))
+            .count();
+        (live, stale)
+    }
+
     /// Chooses a worker for `image` at `now`, none of `avoid` (workers the client could not
     /// reach), and counts the route against its load (until the next heartbeat reports the
     /// real figure).
@@ -201,6 +219,19 @@ mod tests {
             },
             now
         ));
+    }
+
+    #[test]
+    fn workers_are_counted_live_then_stale_then_not_at_all() {
+        let mut registry =
+            Registry::new(Duration::from_secs(10)).with_stale_after(Duration::from_secs(3));
+        register(&mut registry, "a", 1, &[], 100);
+        register(&mut registry, "b", 1, &[], 96);
+        assert_eq!(registry.counts(100), (1, 1));
+        assert_eq!(registry.counts(103), (1, 1));
+        assert_eq!(registry.counts(104), (0, 2));
+        assert_eq!(registry.counts(107), (0, 1));
+        assert_eq!(registry.counts(111), (0, 0));
     }
 
     #[test]

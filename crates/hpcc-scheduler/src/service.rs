@@ -34,7 +34,8 @@ impl From<SchedulerError> for Status {
     }
 }
 
-fn now() -> u64 {
+/// Unix seconds now.
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())

@@ -36,6 +36,7 @@
 pub mod audit;
 pub mod cache;
 pub mod fair;
+pub mod metrics;
 pub mod policy;
 pub mod retention;
 pub mod service;
@@ -58,6 +59,7 @@ use hpcc_runtime::{AgentStream, Limits, RuntimeError, SessionSpec};
 
 use crate::cache::WorkerCache;
 use crate::fair::{BytesHeld, FairSlots, TenantBytes};
+use crate::metrics::WorkerMetrics;
 
 use crate::audit::{AuditLog, AuditRow};
 use crate::policy::{
@@ -190,6 +192,7 @@ pub struct Worker {
     slots: FairSlots,
     /// Bytes of sources held at once (received, queued or compiling), per tenant and in all.
     source_bytes: TenantBytes,
+    metrics: WorkerMetrics,
 }
 
 /// Spawns `future` on the current tokio runtime as a task named `name`, inside the caller's
@@ -315,7 +318,46 @@ impl Worker {
             cache,
             audit,
             sources: Arc::new(sources),
+            metrics: WorkerMetrics::default(),
         }
+    }
+
+    /// The worker's metrics, registered in a new registry.
+    pub fn metrics_registry(&self) -> hpcc_metrics::Registry {
+        let mut registry = hpcc_metrics::Registry::default();
+        self.metrics.register(&mut registry);
+        registry
+    }
+
+    /// Sets the gauges read at scrape time: jobs running and waiting, sessions by state.
+    pub fn refresh_metrics(&self) {
+        let gauge = |family: &prometheus_client::metrics::family::Family<
+            metrics::StateLabels,
+            prometheus_client::metrics::gauge::Gauge,
+        >,
+                     state: &'static str,
+                     value: usize| {
+            family
+                .get_or_create(&metrics::StateLabels { state })
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        gauge(&self.metrics.jobs_now, "running", self.load() as usize);
+        gauge(&self.metrics.jobs_now, "waiting", self.queued() as usize);
+        let pool = self.pool.status();
+        gauge(&self.metrics.sessions, "ready", pool.ready);
+        gauge(&self.metrics.sessions, "starting", pool.starting);
+        gauge(&self.metrics.sessions, "retiring", pool.retiring);
+        gauge(&self.metrics.sessions, "jobs_waiting", pool.waiting);
+    }
+
+    /// Counts a job of `tenant` refused for its quota.
+    fn quota_refused(&self, tenant: &str) {
+        self.metrics
+            .quota_refusals
+            .get_or_create(&metrics::TenantLabels {
+                tenant: tenant.to_owned(),
+            })
+            .inc();
     }
 
     /// Reserves room for `tenant`'s source of `len` bytes, held until the returned value is
@@ -327,7 +369,18 @@ impl Worker {
         len: u64,
         tenant_limit: Option<u64>,
     ) -> Result<BytesHeld, WorkerError> {
-        Ok(self.source_bytes.reserve(tenant, len, tenant_limit)?)
+        let reserved = self.source_bytes.reserve(tenant, len, tenant_limit);
+        if reserved.is_err() {
+            self.quota_refused(tenant);
+            self.metrics
+                .jobs
+                .get_or_create(&metrics::JobLabels {
+                    tenant: tenant.to_owned(),
+                    outcome: "quota",
+                })
+                .inc();
+        }
+        Ok(reserved?)
     }
 
     /// This worker's id.
@@ -386,13 +439,45 @@ impl Worker {
             .map_err(WorkerError::Token)
     }
 
-    /// Runs `job` (already authorized): from the cache, else in a session.
+    /// Runs `job` (already authorized): from the cache, else in a session; counted in the
+    /// metrics by tenant and outcome.
+    pub async fn compile(&self, job: CompileJob) -> Result<CompileOutput, WorkerError> {
+        let started = Instant::now();
+        let tenant = job.tenant.clone();
+        let result = self.compile_job(job).await;
+        let outcome = metrics::outcome_of(
+            &result
+                .as_ref()
+                .map(|output| (output.cache_hit, output.exit_code)),
+        );
+        self.metrics
+            .jobs
+            .get_or_create(&metrics::JobLabels {
+                tenant: tenant.clone(),
+                outcome,
+            })
+            .inc();
+        match &result {
+            Ok(_) => {
+                // An answer has its audit row written.
+                self.metrics.audit_rows.inc();
+                self.metrics
+                    .job_seconds
+                    .get_or_create(&metrics::OutcomeLabels { outcome })
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(WorkerError::Quota(_)) => self.quota_refused(&tenant),
+            Err(_) => {}
+        }
+        result
+    }
+
     #[tracing::instrument(
         name = "job",
         skip_all,
         fields(tenant = %job.tenant, image = %job.image, source = tracing::field::Empty)
     )]
-    pub async fn compile(&self, mut job: CompileJob) -> Result<CompileOutput, WorkerError> {
+    async fn compile_job(&self, mut job: CompileJob) -> Result<CompileOutput, WorkerError> {
         let started = Instant::now();
         if !policy::COMPILERS.contains(&job.compiler.as_str()) {
             return Err(WorkerError::BadRequest(format!(

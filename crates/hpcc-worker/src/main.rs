@@ -918,6 +918,9 @@ async fn serve(
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let address = listener.local_addr()?;
+    let metrics_listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+        .await
+        .with_context(|| format!("metrics_listen {}", config.metrics_listen))?;
     let advertise = config
         .advertise
         .clone()
@@ -1036,8 +1039,18 @@ async fn serve(
         },
         config.runtime.as_str(),
     );
+    eprintln!(
+        "hpcc-worker metrics on http://{}/metrics",
+        metrics_listener.local_addr()?
+    );
     let pool_worker = Arc::clone(&worker);
-    server
+    let refreshed = Arc::clone(&worker);
+    let metrics = hpcc_metrics::serve(
+        metrics_listener,
+        Arc::new(worker.metrics_registry()),
+        Arc::new(move || refreshed.refresh_metrics()),
+    );
+    let served = server
         .add_service(WorkerService::server(worker))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
@@ -1050,9 +1063,11 @@ async fn serve(
                     }
                 }
             },
-        )
-        .await
-        .context("serving")?;
+        );
+    tokio::select! {
+        served = served => served.context("serving")?,
+        () = metrics => bail!("the metrics endpoint stopped"),
+    }
     pool_worker.pool().stop_all().await;
     Ok(())
 }

@@ -155,6 +155,18 @@ pub struct SchedulerConfig {
     /// Tenants that share a storage namespace; none by default.
     #[serde(default)]
     pub sharing_groups: Vec<SharingGroup>,
+    /// `host:port` of the Prometheus endpoint (`GET /metrics`, plain HTTP: keep it on
+    /// loopback or a monitoring network).
+    #[serde(default = "default_scheduler_metrics")]
+    pub metrics_listen: String,
+}
+
+fn default_scheduler_metrics() -> String {
+    "127.0.0.1:9464".to_owned()
+}
+
+fn default_worker_metrics() -> String {
+    "127.0.0.1:9465".to_owned()
 }
 
 impl SchedulerConfig {
@@ -279,6 +291,10 @@ pub struct WorkerConfig {
     /// `host:port` clients dial (default: `listen`).
     #[serde(default)]
     pub advertise: Option<String>,
+    /// `host:port` of the Prometheus endpoint (`GET /metrics`, plain HTTP: keep it on
+    /// loopback or a monitoring network).
+    #[serde(default = "default_worker_metrics")]
+    pub metrics_listen: String,
     /// The server's certificate; required unless `insecure_plaintext`.
     #[serde(default)]
     pub tls: Option<TlsFiles>,

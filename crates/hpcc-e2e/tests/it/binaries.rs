@@ -126,7 +126,8 @@ fn a_worker_refuses_a_dynamic_agent() -> TestResult {
             "id = \"w\"\nlisten = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
              scheduler = \"http://127.0.0.1:1\"\nworker_secret_file = {:?}\n\
              routing_public_key = \"{}\"\ncapacity = 1\nstate_dir = {:?}\n\
-             agent = \"/bin/true\"\nimages = []\nruntime = \"sandbox\"\n",
+             agent = \"/bin/true\"\nimages = []\nruntime = \"sandbox\"\n\
+             metrics_listen = \"127.0.0.1:0\"\n",
             secret.display().to_string(),
             key.public_base64(),
             dir.path().join("state").display().to_string(),

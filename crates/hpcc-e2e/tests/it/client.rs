@@ -496,7 +496,7 @@ impl WorkerProcess {
         let config = format!(
             "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ninsecure_plaintext = true\n\
              scheduler = \"{}\"\nworker_secret_file = {:?}\nrouting_public_key = \"{}\"\n\
-             capacity = 2\nstate_dir = {:?}\nagent = {:?}\n{images}",
+             capacity = 2\nstate_dir = {:?}\nagent = {:?}\nmetrics_listen = \"127.0.0.1:0\"\n{images}",
             land.scheduler_url,
             secret.display().to_string(),
             land.key.public_base64(),

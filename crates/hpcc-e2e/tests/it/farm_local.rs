@@ -36,12 +36,13 @@ impl Rootfs for HostRootfs {
 }
 
 /// A scheduler with tenants `a` and `b`, one local worker registered with it, and the IdPs.
-struct Rig {
-    runtime: tokio::runtime::Runtime,
-    idp_a: Idp,
+pub(crate) struct Rig {
+    pub(crate) runtime: tokio::runtime::Runtime,
+    pub(crate) idp_a: Idp,
     idp_b: Idp,
     scheduler_url: String,
-    scheduler: Arc<Scheduler>,
+    pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) worker: Arc<Worker>,
     _dir: tempfile::TempDir,
     /// Dropping it stops the scheduler.
     _scheduler: tokio::sync::oneshot::Sender<()>,
@@ -49,7 +50,7 @@ struct Rig {
     worker_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-fn rig() -> Result<Rig, String> {
+pub(crate) fn rig() -> Result<Rig, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,7 +90,7 @@ fn rig() -> Result<Rig, String> {
     ));
     let (address, worker_stop) = serve_routes(
         &runtime,
-        tonic::service::Routes::new(WorkerService::server(worker)),
+        tonic::service::Routes::new(WorkerService::server(Arc::clone(&worker))),
     )?;
     scheduler
         .register(
@@ -111,6 +112,7 @@ fn rig() -> Result<Rig, String> {
         idp_b,
         scheduler_url,
         scheduler,
+        worker,
         _dir: dir,
         _scheduler: scheduler_stop,
         worker_stop: Some(worker_stop),
@@ -118,7 +120,7 @@ fn rig() -> Result<Rig, String> {
 }
 
 impl Rig {
-    fn farm(&self, tenant: &str) -> Result<Farm, String> {
+    pub(crate) fn farm(&self, tenant: &str) -> Result<Farm, String> {
         let _entered = self.runtime.enter();
         Farm::new(FarmConfig {
             tenant: tenant.into(),
@@ -133,12 +135,12 @@ impl Rig {
         .map_err(|e| e.to_string())
     }
 
-    fn token_a(&self) -> String {
+    pub(crate) fn token_a(&self) -> String {
         user_token(&self.idp_a, &self.idp_a.issuer(), now() + 600)
     }
 }
 
-fn request(text: &str) -> RemoteRequest {
+pub(crate) fn request(text: &str) -> RemoteRequest {
     RemoteRequest {
         compiler: "gcc".into(),
         language: "cpp-output".into(),
@@ -148,7 +150,7 @@ fn request(text: &str) -> RemoteRequest {
     }
 }
 
-const GOOD: &str = "# 1 \"/src/f.c\"\nint f(int x) { return x * 3; }\n";
+pub(crate) const GOOD: &str = "# 1 \"/src/f.c\"\nint f(int x) { return x * 3; }\n";
 
 fn compiles_hits_and_fails_like_gcc() -> TestResult {
     let rig = rig()?;

@@ -43,6 +43,7 @@ mod farm_local;
 use hpcc_testkit::idp;
 mod image;
 mod login;
+mod metrics;
 // Shared with hpcc-image's tests, which use all of it.
 #[allow(dead_code)]
 #[path = "../../../hpcc-image/tests/it/registry.rs"]
@@ -88,6 +89,8 @@ pub enum Need {
     S3,
     /// `systemd-analyze` (Debian's `systemd`), to check the units in `dist/systemd`.
     SystemdAnalyze,
+    /// Debian's `prometheus` server.
+    Prometheus,
 }
 
 fn on_path(program: &str) -> bool {
@@ -143,6 +146,11 @@ fn missing(needs: &[Need]) -> Option<String> {
                     return Some("redis-server or redis-cli not installed".into());
                 }
             }
+            Need::Prometheus => {
+                if !on_path("prometheus") {
+                    return Some("prometheus (Debian's package) not installed".into());
+                }
+            }
             Need::SystemdAnalyze => {
                 if !on_path("systemd-analyze") {
                     return Some("systemd-analyze (package systemd) not installed".into());
@@ -174,6 +182,7 @@ fn main() {
     cases.extend(audit::cases());
     cases.extend(soak::cases());
     cases.extend(tenancy::cases());
+    cases.extend(metrics::cases());
     // The S3 server's test credentials, for the workers' stores (set before any thread).
     for (name, value) in servers::S3_ENV {
         std::env::set_var(name, value);

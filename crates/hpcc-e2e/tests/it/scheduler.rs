@@ -50,6 +50,7 @@ pub fn config(tenants: Vec<TenantConfig>) -> SchedulerConfig {
         worker_expiry_secs: 10,
         tenants,
         sharing_groups: Vec::new(),
+        metrics_listen: "127.0.0.1:0".into(),
     }
 }
 

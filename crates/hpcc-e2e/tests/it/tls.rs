@@ -91,10 +91,12 @@ fn farm_over_tls() -> TestResult {
     let (layout, image) = crate::image::layout()?;
     let idp = Idp::start("a")?;
     let scheduler_port = free_port()?;
+    let (scheduler_metrics, worker_metrics) = (free_port()?, free_port()?);
     let scheduler_config = file(
         "scheduler.toml",
         &format!(
             "listen = \"127.0.0.1:{scheduler_port}\"\nrouting_key = {routing_key:?}\n\
+             metrics_listen = \"127.0.0.1:{scheduler_metrics}\"\n\
              worker_secret_file = {secret:?}\n\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\n\
              [[tenants]]\nid = \"a\"\nissuer = \"{}\"\njwks_uri = \"{}\"\n\
              token_endpoint = \"{}\"\naudience = \"hpcc\"\nallowed_images = [\"{image}\"]\n",
@@ -115,7 +117,7 @@ fn farm_over_tls() -> TestResult {
              tls_server_name = \"localhost\"\nscheduler = \"https://127.0.0.1:{scheduler_port}\"\n\
              scheduler_ca = {ca:?}\nworker_secret_file = {secret:?}\n\
              routing_public_key = \"{public}\"\nstate_dir = {:?}\nagent = {:?}\nimages = [{:?}]\n\
-             runtime = \"sandbox\"\n\n\
+             runtime = \"sandbox\"\nmetrics_listen = \"127.0.0.1:{worker_metrics}\"\n\n\
              [tls]\ncert = {cert:?}\nkey = {key:?}\n",
             free_port()?,
             dir.path().join("state"),
@@ -175,11 +177,45 @@ fn farm_over_tls() -> TestResult {
     {
         return Err("a plaintext scheduler URL was accepted without insecure_plaintext".into());
     }
+    // Both services count what happened, at their metrics_listen.
+    for (port, needle) in [
+        (
+            scheduler_metrics,
+            "hpcc_scheduler_routes_total{tenant=\"a\",result=\"routed\"} ",
+        ),
+        (
+            worker_metrics,
+            "hpcc_worker_jobs_total{tenant=\"a\",outcome=\"compiled\"} 1",
+        ),
+    ] {
+        let text = scrape(port)?;
+        if !text.contains(needle) {
+            return Err(format!("no {needle:?} at port {port}: {text}"));
+        }
+    }
     let audit = std::fs::read_to_string(dir.path().join("state/audit.tsv")).unwrap_or_default();
     if audit.lines().count() != 1 {
         return Err(format!("{} audit rows, expected 1", audit.lines().count()));
     }
     Ok(())
+}
+
+/// The text of `GET /metrics` on loopback `port`.
+pub fn scrape(port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(text)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(text)?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(text)?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).map_err(text)?;
+    if !reply.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET /metrics on port {port}: {reply}"));
+    }
+    Ok(reply)
 }
 
 pub fn cases() -> Vec<Case> {

@@ -1,0 +1,275 @@
+//! The services' Prometheus endpoints as an operator's Prometheus sees them: a real
+//! `prometheus` server (Debian's package, on loopback, storage in a temporary directory)
+//! scrapes the scheduler and a worker of the unprivileged farm (`farm_local`'s rig) while
+//! compiles run, and its HTTP API is asked whether the counters moved and whether the queries
+//! an operator writes against them (rates, quantiles of the latency histograms) evaluate.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::farm_local::{request, rig, GOOD};
+use crate::{Case, Need, TestResult};
+
+fn text(error: impl std::fmt::Display) -> String {
+    error.to_string()
+}
+
+/// A child killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET path` on loopback `port`: the status line's code and the body.
+fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(text)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(text)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(text)?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).map_err(text)?;
+    let code = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned());
+    Ok((code, body))
+}
+
+/// A PromQL query through Prometheus's HTTP API: the first sample's value, `None` for an
+/// empty result, an error if the query does not evaluate.
+fn query(port: u16, promql: &str) -> Result<Option<f64>, String> {
+    let encoded: String = promql
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect();
+    let (code, body) = get(port, &format!("/api/v1/query?query={encoded}"))?;
+    let reply: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("{promql}: {e}: {body}"))?;
+    if code != 200 || reply["status"] != "success" {
+        return Err(format!("{promql} does not evaluate: {body}"));
+    }
+    let value = reply["data"]["result"]
+        .as_array()
+        .and_then(|samples| samples.first())
+        .and_then(|sample| sample["value"][1].as_str())
+        .and_then(|value| value.parse::<f64>().ok());
+    Ok(value)
+}
+
+/// A tokio listener on loopback `port` (inside a runtime).
+fn loopback_listener(port: u16) -> Result<tokio::net::TcpListener, String> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).map_err(text)?;
+    listener.set_nonblocking(true).map_err(text)?;
+    tokio::net::TcpListener::from_std(listener).map_err(text)
+}
+
+fn free_port() -> Result<u16, String> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(text)?;
+    Ok(probe.local_addr().map_err(text)?.port())
+}
+
+/// Starts `prometheus` scraping `targets` (job name, port) every second; its port.
+fn start_prometheus(dir: &Path, targets: &[(&str, u16)]) -> Result<(Killed, u16), String> {
+    let mut config = String::from(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+    );
+    for (job, port) in targets {
+        config.push_str(&format!(
+            "  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ));
+    }
+    let config_file = dir.join("prometheus.yml");
+    std::fs::write(&config_file, config).map_err(text)?;
+    let port = free_port()?;
+    let log = std::fs::File::create(dir.join("prometheus.log")).map_err(text)?;
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config_file.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting prometheus: {e}"))?;
+    let child = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(port, "/-/ready").map(|(code, _)| code) != Ok(200) {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "prometheus not ready: {}",
+                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok((child, port))
+}
+
+/// A compile, a hit, a failing compile and a refused token through the farm, scraped by
+/// Prometheus: the route, job, audit and refusal counters reach the right values, the
+/// scrape targets are up, and rate and quantile queries over the histograms evaluate.
+fn prometheus_sees_the_farm_work() -> TestResult {
+    // Prometheus first: its targets are down until the rig serves them.
+    let (scheduler_port, worker_port) = (free_port()?, free_port()?);
+    let dir = tempfile::tempdir().map_err(text)?;
+    let (_prometheus, port) = start_prometheus(
+        dir.path(),
+        &[
+            ("hpcc-scheduler", scheduler_port),
+            ("hpcc-worker", worker_port),
+        ],
+    )?;
+    let rig = rig()?;
+    {
+        let _entered = rig.runtime.enter();
+        let scheduler = Arc::clone(&rig.scheduler);
+        rig.runtime.spawn(hpcc_metrics::serve(
+            loopback_listener(scheduler_port)?,
+            Arc::new(rig.scheduler.metrics_registry()),
+            Arc::new(move || scheduler.refresh_metrics(crate::scheduler::now())),
+        ));
+        // The worker's heartbeats, as its binary sends them, keep it live for the scheduler.
+        let beating = Arc::clone(&rig.scheduler);
+        rig.runtime.spawn(async move {
+            loop {
+                let _ = beating.heartbeat(
+                    hpcc_proto::scheduler::HeartbeatRequest {
+                        worker_id: "w-local".into(),
+                        capacity: 2,
+                        warm_images: vec![crate::scheduler::IMAGE.into()],
+                        ..Default::default()
+                    },
+                    Some(crate::scheduler::SECRET),
+                    crate::scheduler::now(),
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let worker = Arc::clone(&rig.worker);
+        rig.runtime.spawn(hpcc_metrics::serve(
+            loopback_listener(worker_port)?,
+            Arc::new(rig.worker.metrics_registry()),
+            Arc::new(move || worker.refresh_metrics()),
+        ));
+    }
+    let farm = rig.farm("a")?;
+    let token = rig.token_a();
+    for source in [GOOD, GOOD, "# 1 \"/src/g.c\"\nint g( {\n"] {
+        rig.runtime
+            .block_on(farm.compile(request(source), &token))
+            .map_err(|e| format!("a compile through the farm: {e}"))?;
+    }
+    let expired = crate::scheduler::user_token(
+        &rig.idp_a,
+        &rig.idp_a.issuer(),
+        crate::scheduler::now() - 600,
+    );
+    if rig
+        .runtime
+        .block_on(farm.compile(request(GOOD), &expired))
+        .is_ok()
+    {
+        return Err("an expired token was routed".into());
+    }
+
+    let expected: [(&str, f64); 7] = [
+        (
+            r#"sum(hpcc_scheduler_routes_total{tenant="a",result="routed"})"#,
+            3.0,
+        ),
+        (
+            r#"sum(hpcc_scheduler_refused_tokens_total{tenant="a",reason="expired"})"#,
+            1.0,
+        ),
+        (
+            r#"max_over_time(hpcc_scheduler_workers{state="live"}[5m])"#,
+            1.0,
+        ),
+        (
+            r#"sum(hpcc_worker_jobs_total{tenant="a",outcome="compiled"})"#,
+            1.0,
+        ),
+        (
+            r#"sum(hpcc_worker_jobs_total{tenant="a",outcome="hit"})"#,
+            1.0,
+        ),
+        (
+            r#"sum(hpcc_worker_jobs_total{tenant="a",outcome="failed"})"#,
+            1.0,
+        ),
+        ("sum(hpcc_worker_audit_rows_total)", 3.0),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Vec::new();
+    loop {
+        last.clear();
+        for (promql, want) in expected {
+            let got = query(port, promql)?;
+            if got != Some(want) {
+                last.push(format!("{promql} = {got:?}, want {want}"));
+            }
+        }
+        if last.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "Prometheus never saw the farm's work: {}; the scheduler's metrics now: {:?}; \
+                 log: {}",
+                last.join("; "),
+                get(scheduler_port, "/metrics"),
+                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for job in ["hpcc-scheduler", "hpcc-worker"] {
+        if query(port, &format!(r#"up{{job="{job}"}}"#))? != Some(1.0) {
+            return Err(format!("the {job} target is not up"));
+        }
+    }
+    // What dashboards ask: rates and quantiles evaluate over these series.
+    for promql in [
+        "histogram_quantile(0.5, sum by (le) (rate(hpcc_scheduler_route_seconds_bucket[1m])))",
+        "histogram_quantile(0.99, sum by (le, outcome) (rate(hpcc_worker_job_seconds_bucket[1m])))",
+        "sum by (outcome) (rate(hpcc_worker_jobs_total[1m]))",
+        "sum(hpcc_worker_jobs_now)",
+        "sum by (state) (hpcc_worker_sessions)",
+    ] {
+        query(port, promql)?;
+    }
+    Ok(())
+}
+
+/// The metrics tests.
+pub fn cases() -> Vec<Case> {
+    vec![(
+        "metrics::prometheus_sees_the_farm_work",
+        &[Need::Prometheus],
+        prometheus_sees_the_farm_work,
+    )]
+}
