@@ -1,8 +1,9 @@
 //! The services' Prometheus endpoints as an operator's Prometheus sees them: a real
 //! `prometheus` server (Debian's package, on loopback, storage in a temporary directory)
 //! scrapes the scheduler and a worker of the unprivileged farm (`farm_local`'s rig) while
-//! compiles run, and its HTTP API is asked whether the counters moved and whether the queries
-//! an operator writes against them (rates, quantiles of the latency histograms) evaluate.
+//! compiles run, with the shipped alert rules (`dist/prometheus`) loaded, and its HTTP API is
+//! asked whether the counters moved, whether every panel of the shipped dashboard
+//! (`dist/grafana`) evaluates with data, and whether every alert rule evaluates cleanly.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -51,9 +52,9 @@ fn get(port: u16, path: &str) -> Result<(u16, String), String> {
     Ok((code, body))
 }
 
-/// A PromQL query through Prometheus's HTTP API: the first sample's value, `None` for an
-/// empty result, an error if the query does not evaluate.
-fn query(port: u16, promql: &str) -> Result<Option<f64>, String> {
+/// A PromQL query through Prometheus's HTTP API: the samples' values (NaN for a value that
+/// is not a number), an error if the query does not evaluate.
+fn query_all(port: u16, promql: &str) -> Result<Vec<f64>, String> {
     let encoded: String = promql
         .bytes()
         .map(|byte| match byte {
@@ -69,12 +70,30 @@ fn query(port: u16, promql: &str) -> Result<Option<f64>, String> {
     if code != 200 || reply["status"] != "success" {
         return Err(format!("{promql} does not evaluate: {body}"));
     }
-    let value = reply["data"]["result"]
+    Ok(reply["data"]["result"]
         .as_array()
-        .and_then(|samples| samples.first())
-        .and_then(|sample| sample["value"][1].as_str())
-        .and_then(|value| value.parse::<f64>().ok());
-    Ok(value)
+        .map(|samples| {
+            samples
+                .iter()
+                .map(|sample| {
+                    sample["value"][1]
+                        .as_str()
+                        .and_then(|value| value.parse::<f64>().ok())
+                        .unwrap_or(f64::NAN)
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// [`query_all`]'s first value, `None` for an empty result.
+fn query(port: u16, promql: &str) -> Result<Option<f64>, String> {
+    Ok(query_all(port, promql)?.first().copied())
+}
+
+/// The repository's `dist/` directory.
+fn dist() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist")
 }
 
 /// A tokio listener on loopback `port` (inside a runtime).
@@ -91,8 +110,10 @@ fn free_port() -> Result<u16, String> {
 
 /// Starts `prometheus` scraping `targets` (job name, port) every second; its port.
 fn start_prometheus(dir: &Path, targets: &[(&str, u16)]) -> Result<(Killed, u16), String> {
-    let mut config = String::from(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+    let mut config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+         scrape_configs:\n",
+        dist().join("prometheus/hpcc-alerts.yml").display()
     );
     for (job, port) in targets {
         config.push_str(&format!(
@@ -252,15 +273,66 @@ fn prometheus_sees_the_farm_work() -> TestResult {
             return Err(format!("the {job} target is not up"));
         }
     }
-    // What dashboards ask: rates and quantiles evaluate over these series.
-    for promql in [
-        "histogram_quantile(0.5, sum by (le) (rate(hpcc_scheduler_route_seconds_bucket[1m])))",
-        "histogram_quantile(0.99, sum by (le, outcome) (rate(hpcc_worker_job_seconds_bucket[1m])))",
-        "sum by (outcome) (rate(hpcc_worker_jobs_total[1m]))",
-        "sum(hpcc_worker_jobs_now)",
-        "sum by (state) (hpcc_worker_sessions)",
-    ] {
-        query(port, promql)?;
+    // Every panel of the shipped dashboard evaluates and has data.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dist().join("grafana/hpcc-farm.json")).map_err(text)?,
+    )
+    .map_err(|e| format!("dist/grafana/hpcc-farm.json: {e}"))?;
+    let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+    if panels.is_empty() {
+        return Err("the dashboard has no panels".into());
+    }
+    // Rates need two scrapes of a series: allow a few.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut empty = Vec::new();
+        for panel in &panels {
+            for target in panel["targets"].as_array().cloned().unwrap_or_default() {
+                let promql = target["expr"].as_str().unwrap_or_default();
+                if query_all(port, promql)?.is_empty() {
+                    empty.push(format!("panel {}: {promql}", panel["title"]));
+                }
+            }
+        }
+        if empty.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("dashboard queries without data: {empty:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Every alert rule has been evaluated, without error.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(port, "/api/v1/rules")?;
+        let reply: serde_json::Value = serde_json::from_str(&body).map_err(text)?;
+        let rules: Vec<serde_json::Value> = reply["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let unhealthy: Vec<String> = rules
+            .iter()
+            .filter(|rule| rule["health"] != "ok")
+            .map(|rule| {
+                format!(
+                    "{} ({}: {})",
+                    rule["name"], rule["health"], rule["lastError"]
+                )
+            })
+            .collect();
+        if rules.len() >= 9 && unhealthy.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} rules loaded; not evaluated cleanly: {unhealthy:?}",
+                rules.len()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     Ok(())
 }
