@@ -44,7 +44,12 @@ pub use service::{
 
 /// Environment variables that start with `HPCC_` but are not config keys
 /// (`HPCC_CLIENT_SECRET` is the OAuth2 client secret `hpcc login --client-credentials` reads).
-pub const NON_KEY_VARIABLES: &[&str] = &["HPCC_CONFIG", "HPCC_LOG", "HPCC_CLIENT_SECRET"];
+pub const NON_KEY_VARIABLES: &[&str] = &[
+    "HPCC_CONFIG",
+    "HPCC_LOG",
+    "HPCC_LOG_FORMAT",
+    "HPCC_CLIENT_SECRET",
+];
 
 /// How keys are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]

@@ -35,6 +35,8 @@ fn spawn(binary: &Path, config: &Path, log: &Path) -> Result<Killed, String> {
     Command::new(binary)
         .arg("--config")
         .arg(config)
+        // Logs as a log pipeline takes them (checked below).
+        .env("HPCC_LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).map_err(text)?)
         .spawn()
@@ -192,6 +194,33 @@ fn farm_over_tls() -> TestResult {
         if !text.contains(needle) {
             return Err(format!("no {needle:?} at port {port}: {text}"));
         }
+    }
+    // The worker's JSON log line for the job carries the job's span fields.
+    let worker_log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
+    let answered = worker_log
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["fields"]["message"] == "job answered")
+        .ok_or_else(|| {
+            format!(
+                "no JSON \"job answered\" line in the worker's log{}",
+                logs()
+            )
+        })?;
+    let job_span = answered["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|span| span["name"] == "job"))
+        .ok_or_else(|| format!("the job's line has no job span: {answered}"))?;
+    if job_span["tenant"] != "a"
+        || job_span["image"] != image.as_str()
+        || !job_span["source"]
+            .as_str()
+            .is_some_and(|digest| digest.len() == 64)
+    {
+        return Err(format!(
+            "the job span lacks tenant, image or source: {answered}"
+        ));
     }
     let audit = std::fs::read_to_string(dir.path().join("state/audit.tsv")).unwrap_or_default();
     if audit.lines().count() != 1 {
