@@ -214,9 +214,9 @@ fn farm_over_tls() -> TestResult {
         .ok_or_else(|| format!("the job's line has no job span: {answered}"))?;
     if job_span["tenant"] != "a"
         || job_span["image"] != image.as_str()
-        || !job_span["source"]
+        || job_span["source"]
             .as_str()
-            .is_some_and(|digest| digest.len() == 64)
+            .is_none_or(|digest| digest.len() != 64)
     {
         return Err(format!(
             "the job span lacks tenant, image or source: {answered}"
