@@ -351,7 +351,7 @@ pub fn start(settings: &Settings) -> Result<String> {
         return Ok(format!("already running (pid {})", status.pid));
     }
     let endpoint = Endpoint::for_settings(settings)?;
-    spawn(&endpoint)?;
+    let mut child = spawn(&endpoint)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match status(settings) {
@@ -360,6 +360,18 @@ pub fn start(settings: &Settings) -> Result<String> {
                     "started (pid {}) on {}",
                     status.pid, status.endpoint
                 ))
+            }
+            // A daemon that refused its settings has failed: say why rather than wait. (One
+            // that lost a race to another daemon exits successfully; that one is waited for.)
+            Err(_) if matches!(child.try_wait(), Ok(Some(exit)) if !exit.success()) => {
+                let log = std::fs::read_to_string(endpoint.log_file()).unwrap_or_default();
+                let last: Vec<&str> = log.lines().rev().take(3).collect();
+                let reason: Vec<&str> = last.into_iter().rev().collect();
+                bail!(
+                    "the daemon failed to start: {}; see {}",
+                    reason.join(" / "),
+                    endpoint.log_file().display()
+                )
             }
             Err(error) if Instant::now() >= deadline => {
                 bail!(

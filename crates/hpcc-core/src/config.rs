@@ -105,6 +105,11 @@ pub struct DaemonConfig {
     pub reply_timeout_ms: u64,
     /// Memory the daemon may use to keep recently served entries (0: none).
     pub memory_cache: ByteSize,
+    /// A loopback `host:port` where the daemon serves Prometheus metrics (`GET /metrics`:
+    /// hits, misses, uncacheable compiles by reason, errors, farm fallbacks, remote tiers).
+    /// Unset: no endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -117,6 +122,7 @@ impl Default for DaemonConfig {
             transport: Transport::Unix,
             reply_timeout_ms: 10_000,
             memory_cache: ByteSize(256 << 20),
+            metrics_listen: None,
         }
     }
 }
@@ -431,6 +437,10 @@ where
                     value: value.into(),
                     expected: "a number of compiles, 0 for the CPU count",
                 })?
+            }
+            "DAEMON_METRICS_LISTEN" => {
+                config.daemon.metrics_listen =
+                    Some(value.to_owned()).filter(|value| !value.is_empty())
             }
             "DAEMON_TRANSPORT" => {
                 config.daemon.transport = match value {

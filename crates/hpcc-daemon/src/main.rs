@@ -13,6 +13,7 @@
 
 mod farm_service;
 mod login_command;
+mod metrics;
 mod remote;
 mod server;
 mod wire;

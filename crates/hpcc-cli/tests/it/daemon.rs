@@ -706,6 +706,59 @@ fn daemon_errors_fall_back_to_the_compiler() -> TestResult {
     Ok(())
 }
 
+/// `GET /metrics` on loopback `port`: the body, or why not.
+fn scrape(port: u16) -> Result<String, String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ctx("connecting")?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ctx("a timeout")?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ctx("asking")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ctx("reading")?;
+    ensure!(
+        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"),
+        "{reply}"
+    );
+    Ok(reply)
+}
+
+/// With `daemon.metrics_listen` the daemon serves its counters at `GET /metrics`: a miss and
+/// a hit show there as soon as they happen (not only after the stats flush); an address off
+/// loopback is refused and the daemon does not start.
+fn metrics_endpoint_counts_what_it_serves() -> TestResult {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").ctx("a port")?;
+        probe.local_addr().ctx("a port")?.port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let (sandbox, expected) = started_project(&[("HPCC_DAEMON_METRICS_LISTEN", &listen)])?;
+    compile(&sandbox, "x.c", "x.o")?;
+    compile(&sandbox, "x.c", "x.o")?;
+    ensure!(sandbox.read("x.o") == expected, "the hit's object differs");
+    let text = scrape(port)?;
+    for line in [
+        "hpcc_daemon_hits_total{kind=\"direct\"} 1",
+        "hpcc_daemon_misses_total 1",
+    ] {
+        ensure!(text.contains(line), "no {line:?} in {text}");
+    }
+    let stopped = sandbox.hpcc(&["stop"]);
+    harness::succeeded(&stopped, "hpcc stop")?;
+
+    let open = Sandbox::with_daemon(&[("HPCC_DAEMON_METRICS_LISTEN", "0.0.0.0:9")]);
+    open.write("x.c", SOURCE);
+    match open.start_daemon() {
+        Ok(()) => return Err("a daemon started with its metrics off loopback".into()),
+        Err(error) => ensure!(
+            error.contains("metrics_listen"),
+            "the refusal does not name daemon.metrics_listen: {error}"
+        ),
+    }
+    Ok(())
+}
+
 pub fn cases() -> Vec<crate::Case> {
     const GCC: &[Need] = &[Need::Gcc];
     vec![
@@ -713,6 +766,11 @@ pub fn cases() -> Vec<crate::Case> {
             "daemon::start_stop_status_and_stats",
             GCC,
             start_stop_status_and_stats,
+        ),
+        (
+            "daemon::metrics_endpoint_counts_what_it_serves",
+            GCC,
+            metrics_endpoint_counts_what_it_serves,
         ),
         (
             "daemon::hits_replay_warnings_exactly",

@@ -159,6 +159,7 @@ pub fn run(settings: Settings) -> Result<()> {
         slots: Slots::new(max_jobs),
         flights: Mutex::new(HashMap::new()),
         counts: Mutex::new(BTreeMap::new()),
+        totals: Arc::new(Mutex::new(BTreeMap::new())),
         started: Instant::now(),
         requests: AtomicU64::new(0),
         waiting: AtomicU64::new(0),
@@ -179,6 +180,15 @@ pub fn run(settings: Settings) -> Result<()> {
         daemon.settings.cache_dir.display(),
         daemon.endpoint_text
     );
+    if let Some(listen) = &daemon.settings.config.daemon.metrics_listen {
+        let address = crate::metrics::listen_address(listen)?;
+        let bound = crate::metrics::start(
+            address,
+            crate::metrics::DaemonMetrics::default(),
+            Arc::clone(&daemon.totals),
+        )?;
+        eprintln!("hpcc daemon metrics on http://{bound}/metrics");
+    }
     {
         let daemon = Arc::clone(&daemon);
         std::thread::Builder::new()
@@ -227,6 +237,8 @@ struct Daemon {
     slots: Slots,
     flights: Mutex<HashMap<Digest, Arc<Flight>>>,
     counts: Mutex<BTreeMap<String, u64>>,
+    /// What `counts` held since the daemon started, for the metrics endpoint.
+    totals: Arc<Mutex<BTreeMap<String, u64>>>,
     started: Instant,
     requests: AtomicU64,
     waiting: AtomicU64,
@@ -254,6 +266,7 @@ impl Daemon {
     fn count(&self, name: &str, value: u64) {
         if self.settings.config.stats {
             *lock(&self.counts).entry(name.to_owned()).or_default() += value;
+            *lock(&self.totals).entry(name.to_owned()).or_default() += value;
         }
     }
 
