@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Usage: bench/latency.sh [TOOL...]       (tools: ccache sccache hpcc hpcc-daemon; default all)
+# Usage: bench/latency.sh [TOOL...]       (tools: ccache sccache hpcc hpcc-daemon
+#                                          hpcc-daemon-metrics; default all)
 #
 # Per-hit latency: one compile served from a warm cache, N times in a row, for each tool; prints
 # p50, p90, p99 and max in milliseconds, and p50 against ccache's. Each invocation is timed
@@ -11,6 +12,9 @@
 #   HPCC       hpcc binary (default: target/release/hpcc of this repository)
 #   CORPUS     where bench/corpus.sh lays out the sources  (default ~/.cache/hpcc-bench/corpus)
 #   OUT        also write the report to this file
+#
+# hpcc-daemon-metrics is hpcc-daemon with its Prometheus endpoint on (daemon.metrics_listen)
+# and scraped every second while the hits are timed, as a Prometheus server would.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +25,9 @@ CORPUS=${CORPUS:-$HOME/.cache/hpcc-bench/corpus}
 OUT=${OUT:-}
 [[ $N =~ ^[1-9][0-9]*$ ]] || { echo "latency: N must be a positive integer" >&2; exit 2; }
 tools=("$@")
-((${#tools[@]} > 0)) || tools=(ccache sccache hpcc hpcc-daemon)
+((${#tools[@]} > 0)) || tools=(ccache sccache hpcc hpcc-daemon hpcc-daemon-metrics)
+metrics_port=${HPCC_BENCH_METRICS_PORT:-9476}
+scraper=
 
 "$here/corpus.sh" "$CORPUS"
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/hpcc-latency.XXXXXX")
@@ -29,8 +35,11 @@ sccache_bin=$(command -v sccache || echo "${CARGO_HOME:-$HOME/.cargo}/bin/sccach
 port=${HPCC_BENCH_SCCACHE_PORT:-4229}
 cleanup() {
   SCCACHE_SERVER_PORT=$port "$sccache_bin" --stop-server >/dev/null 2>&1 || true
-  HPCC_CACHE_DIR="$scratch/cache-hpcc-daemon" HPCC_CONFIG=/nonexistent XDG_RUNTIME_DIR="$scratch/run" \
-    "$HPCC" stop >/dev/null 2>&1 || true
+  for daemon in hpcc-daemon hpcc-daemon-metrics; do
+    HPCC_CACHE_DIR="$scratch/cache-$daemon" HPCC_CONFIG=/nonexistent XDG_RUNTIME_DIR="$scratch/run" \
+      "$HPCC" stop >/dev/null 2>&1 || true
+  done
+  [[ -z $scraper ]] || kill "$scraper" 2>/dev/null || true
   rm -rf "$scratch"
 }
 trap cleanup EXIT
@@ -100,6 +109,15 @@ for entry in "${files[@]}"; do
         env "${env_vars[@]}" "$HPCC" start >/dev/null
         wrapper=("$HPCC")
         ;;
+      hpcc-daemon-metrics)
+        env_vars=(HPCC_CACHE_DIR="$cache" HPCC_CONFIG=/nonexistent HPCC_DAEMON_ENABLED=true
+          HPCC_DAEMON_AUTOSTART=false XDG_RUNTIME_DIR="$scratch/run"
+          HPCC_DAEMON_METRICS_LISTEN="127.0.0.1:$metrics_port")
+        env "${env_vars[@]}" "$HPCC" start >/dev/null
+        wrapper=("$HPCC")
+        (while :; do curl -sf "http://127.0.0.1:$metrics_port/metrics" >/dev/null || true; sleep 1; done) &
+        scraper=$!
+        ;;
       *) echo "latency: unknown tool $tool" >&2; exit 2 ;;
     esac
     # Warm the cache (a miss), then time hits.
@@ -114,6 +132,12 @@ for entry in "${files[@]}"; do
     case $tool in
       sccache) env "${env_vars[@]}" "$sccache_bin" --stop-server >/dev/null 2>&1 || true ;;
       hpcc-daemon) env "${env_vars[@]}" "$HPCC" stop >/dev/null 2>&1 || true ;;
+      hpcc-daemon-metrics)
+        curl -sf "http://127.0.0.1:$metrics_port/metrics" | grep -q '^hpcc_daemon_hits_total' ||
+          { echo "latency: the metrics endpoint did not count the hits" >&2; exit 1; }
+        kill "$scraper" 2>/dev/null || true; scraper=
+        env "${env_vars[@]}" "$HPCC" stop >/dev/null 2>&1 || true
+        ;;
     esac
   done
 done
