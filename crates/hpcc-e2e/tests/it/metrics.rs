@@ -1,7 +1,7 @@
 //! The services' Prometheus endpoints as an operator's Prometheus sees them: a real
 //! `prometheus` server (Debian's package, on loopback, storage in a temporary directory)
 //! scrapes the scheduler and a worker of the unprivileged farm (`farm_local`'s rig) while
-//! compiles run, with the shipped alert rules (`dist/prometheus`) loaded, and its HTTP API is
+//! compiles run, and a real `hpccd` with `daemon.metrics_listen` after a miss and a hit, with the shipped alert rules (`dist/prometheus`) loaded, and its HTTP API is
 //! asked whether the counters moved, whether every panel of the shipped dashboard
 //! (`dist/grafana`) evaluates with data, and whether every alert rule evaluates cleanly.
 
@@ -150,20 +150,97 @@ fn start_prometheus(dir: &Path, targets: &[(&str, u16)]) -> Result<(Killed, u16)
     Ok((child, port))
 }
 
+/// A real `hpccd` with its metrics endpoint on, in a directory of its own; stopped when
+/// dropped.
+struct LocalDaemon {
+    dir: tempfile::TempDir,
+}
+
+impl LocalDaemon {
+    /// `hpcc` with this daemon's settings and nothing of the caller's.
+    fn command(&self, args: &[&str], metrics_port: u16) -> Result<Command, String> {
+        let mut command = Command::new(crate::login::binaries()?.join("hpcc"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("HPCC_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .args(args)
+            .current_dir(self.dir.path().join("project"))
+            .env("HPCC_CONFIG", self.dir.path().join("none.toml"))
+            .env("HPCC_CACHE_DIR", self.dir.path().join("cache"))
+            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
+            .env("HPCC_DAEMON_AUTOSTART", "false")
+            .env(
+                "HPCC_DAEMON_METRICS_LISTEN",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .stdin(Stdio::null());
+        Ok(command)
+    }
+
+    /// Starts the daemon, then compiles a file twice through it (a miss, then a hit).
+    fn start_and_build(metrics_port: u16) -> Result<LocalDaemon, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let daemon = LocalDaemon {
+            dir: tempfile::tempdir().map_err(text)?,
+        };
+        let run = daemon.dir.path().join("run");
+        std::fs::create_dir_all(daemon.dir.path().join("project")).map_err(text)?;
+        std::fs::create_dir_all(&run).map_err(text)?;
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).map_err(text)?;
+        std::fs::write(
+            daemon.dir.path().join("project/x.c"),
+            "int twice(int v) { return 2 * v; }\n",
+        )
+        .map_err(text)?;
+        for args in [
+            &["start"][..],
+            &["gcc", "-c", "x.c", "-o", "x.o"],
+            &["gcc", "-c", "x.c", "-o", "x.o"],
+        ] {
+            let output = daemon
+                .command(args, metrics_port)?
+                .output()
+                .map_err(|e| format!("hpcc {args:?}: {e}"))?;
+            if !output.status.success() {
+                return Err(format!(
+                    "hpcc {args:?}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                ));
+            }
+        }
+        Ok(daemon)
+    }
+}
+
+impl Drop for LocalDaemon {
+    fn drop(&mut self) {
+        if let Ok(mut stop) = self.command(&["stop"], 0) {
+            let _ = stop.output();
+        }
+    }
+}
+
 /// A compile, a hit, a failing compile and a refused token through the farm, scraped by
 /// Prometheus: the route, job, audit and refusal counters reach the right values, the
 /// scrape targets are up, and rate and quantile queries over the histograms evaluate.
 fn prometheus_sees_the_farm_work() -> TestResult {
+    crate::login::binaries()?;
     // Prometheus first: its targets are down until the rig serves them.
-    let (scheduler_port, worker_port) = (free_port()?, free_port()?);
+    let (scheduler_port, worker_port, daemon_port) = (free_port()?, free_port()?, free_port()?);
     let dir = tempfile::tempdir().map_err(text)?;
     let (_prometheus, port) = start_prometheus(
         dir.path(),
         &[
             ("hpcc-scheduler", scheduler_port),
             ("hpcc-worker", worker_port),
+            ("hpcc-daemon", daemon_port),
         ],
     )?;
+    // A developer machine's daemon: a miss and a hit.
+    let _daemon = LocalDaemon::start_and_build(daemon_port)?;
     let rig = rig()?;
     {
         let _entered = rig.runtime.enter();
@@ -217,7 +294,9 @@ fn prometheus_sees_the_farm_work() -> TestResult {
         return Err("an expired token was routed".into());
     }
 
-    let expected: [(&str, f64); 7] = [
+    let expected: [(&str, f64); 9] = [
+        (r#"sum(hpcc_daemon_hits_total{kind="direct"})"#, 1.0),
+        ("sum(hpcc_daemon_misses_total)", 1.0),
         (
             r#"sum(hpcc_scheduler_routes_total{tenant="a",result="routed"})"#,
             3.0,
@@ -268,19 +347,23 @@ fn prometheus_sees_the_farm_work() -> TestResult {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    for job in ["hpcc-scheduler", "hpcc-worker"] {
+    for job in ["hpcc-scheduler", "hpcc-worker", "hpcc-daemon"] {
         if query(port, &format!(r#"up{{job="{job}"}}"#))? != Some(1.0) {
             return Err(format!("the {job} target is not up"));
         }
     }
-    // Every panel of the shipped dashboard evaluates and has data.
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dist().join("grafana/hpcc-farm.json")).map_err(text)?,
-    )
-    .map_err(|e| format!("dist/grafana/hpcc-farm.json: {e}"))?;
-    let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
-    if panels.is_empty() {
-        return Err("the dashboard has no panels".into());
+    // Every panel of the shipped dashboards evaluates and has data.
+    let mut panels = Vec::new();
+    for file in ["hpcc-farm.json", "hpcc-developer.json"] {
+        let dashboard: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dist().join("grafana").join(file)).map_err(text)?,
+        )
+        .map_err(|e| format!("dist/grafana/{file}: {e}"))?;
+        let found = dashboard["panels"].as_array().cloned().unwrap_or_default();
+        if found.is_empty() {
+            return Err(format!("dist/grafana/{file} has no panels"));
+        }
+        panels.extend(found);
     }
     // Rates need two scrapes of a series: allow a few.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -323,7 +406,7 @@ fn prometheus_sees_the_farm_work() -> TestResult {
                 )
             })
             .collect();
-        if rules.len() >= 9 && unhealthy.is_empty() {
+        if rules.len() >= 12 && unhealthy.is_empty() {
             break;
         }
         if Instant::now() > deadline {
@@ -341,7 +424,7 @@ fn prometheus_sees_the_farm_work() -> TestResult {
 pub fn cases() -> Vec<Case> {
     vec![(
         "metrics::prometheus_sees_the_farm_work",
-        &[Need::Prometheus],
+        &[Need::Prometheus, Need::Cargo],
         prometheus_sees_the_farm_work,
     )]
 }
