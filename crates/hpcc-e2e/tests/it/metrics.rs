@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::farm_local::{request, rig, GOOD};
+use crate::tls::free_port;
 use crate::{Case, Need, TestResult};
 
 fn text(error: impl std::fmt::Display) -> String {
@@ -29,7 +30,7 @@ impl Drop for Killed {
 }
 
 /// `GET path` on loopback `port`: the status line's code and the body.
-fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+pub(crate) fn get(port: u16, path: &str) -> Result<(u16, String), String> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(text)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -101,11 +102,6 @@ fn loopback_listener(port: u16) -> Result<tokio::net::TcpListener, String> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).map_err(text)?;
     listener.set_nonblocking(true).map_err(text)?;
     tokio::net::TcpListener::from_std(listener).map_err(text)
-}
-
-fn free_port() -> Result<u16, String> {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(text)?;
-    Ok(probe.local_addr().map_err(text)?.port())
 }
 
 /// Starts `prometheus` scraping `targets` (job name, port) every second; its port.

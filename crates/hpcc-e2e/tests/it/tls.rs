@@ -17,7 +17,7 @@ fn text(error: impl std::fmt::Display) -> String {
     error.to_string()
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(text)?;
     Ok(probe.local_addr().map_err(text)?.port())
 }
@@ -230,21 +230,11 @@ fn farm_over_tls() -> TestResult {
 }
 
 /// The text of `GET /metrics` on loopback `port`.
-pub fn scrape(port: u16) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(text)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(text)?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .map_err(text)?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).map_err(text)?;
-    if !reply.starts_with("HTTP/1.1 200") {
-        return Err(format!("GET /metrics on port {port}: {reply}"));
+fn scrape(port: u16) -> Result<String, String> {
+    match crate::metrics::get(port, "/metrics")? {
+        (200, body) => Ok(body),
+        (code, body) => Err(format!("GET /metrics on port {port}: {code} {body}")),
     }
-    Ok(reply)
 }
 
 pub fn cases() -> Vec<Case> {
